@@ -1,0 +1,227 @@
+"""Benchmarks of the prepare stage, printed as tables (not tests: numbers vary by machine).
+
+    python bench/data_pipeline.py                  # everything, about 5 minutes on 2 cores
+    python bench/data_pipeline.py --skip-scaling   # without the Ray Data runs
+
+Inputs: the real English Wikipedia excerpt in ../shared (or $BG2VEC_SHARED), and a >= 50 MB
+multistream dump built from it (its pages replicated with new ids, cached under ~/.cache/bg2vec).
+
+1. cleaning speed per core, ours vs WikiExtractor 3.1.0 with templates not expanded (its
+   --no-templates mode), on the same pages in the same process, best of several interleaved runs;
+2. markup residue (bg2vec.data.residue) of both on the pages both keep;
+3. Ray Data scaling of the whole prepare job, 1 vs 2 CPUs (fresh local Ray each, same dump);
+4. tokenise+pack tokens/s vs the bare fast tokenizer's batch encode, one core each.
+Targets: cleaning >= 1.0x WikiExtractor with residue no higher; 2 CPUs >= 1.7x one; tokenise+pack
+>= 0.8x the bare tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core for both sides of the tokenizer comparison
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from bg2vec.data.config import CleaningConfig
+from bg2vec.data.dump_reader import iter_pages
+from bg2vec.data.multistream import split_pages, write_multistream
+from bg2vec.data.packing import BlockPacker, blocks_to_arrow
+from bg2vec.data.residue import residue_rate
+from bg2vec.data.stages import TokenizeDocs
+from bg2vec.data.tokenization import load_tokenizer
+from bg2vec.data.wikitext import WikitextCleaner
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BG2VEC_SHARED", REPO.parent / "shared"))
+EXCERPT = SHARED / "data/wiki/enwiki-sample-206pages.xml.bz2"
+TOKENIZER = SHARED / "data/tokenizers/mistral-7b-instruct-v0.3"
+CACHE = Path.home() / ".cache/bg2vec/bench"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--copies", type=int, default=10, help="replicas of the excerpt in the large dump")
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--scaling-run", nargs=2, metavar=("CPUS", "DUMP"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.scaling_run:
+        return _scaling_run(int(args.scaling_run[0]), args.scaling_run[1])
+
+    excerpt = _articles(str(EXCERPT), "bz2")
+    big_dump = _large_dump(args.copies)
+    big = _articles(str(big_dump), "bz2")
+    print(f"inputs: excerpt {len(excerpt)} articles, {_mb(excerpt):.1f} MB of wikitext; large dump "
+          f"{big_dump.stat().st_size / 1e6:.1f} MB bz2, {len(big)} articles, {_mb(big):.1f} MB of wikitext\n")
+
+    rows, ours_text, theirs_text = [], None, None
+    for name, pages, reps in (("excerpt", excerpt, 5), (f"large (x{args.copies})", big, 1)):
+        ours_s, ours_out = _best(lambda: _clean_ours(pages), reps)
+        theirs_s, theirs_out = _best(lambda: _clean_wikiextractor(pages), reps)
+        rows.append((name, len(pages), _mb(pages), ours_s, theirs_s))
+        if ours_text is None:
+            ours_text, theirs_text = ours_out, theirs_out
+    _table("1. cleaning, one core (best run)", ["input", "pages", "MB", "bg2vec pages/s", "bg2vec MB/s",
+                                                "WikiExtractor pages/s", "WikiExtractor MB/s", "ratio"],
+           [[n, p, f"{mb:.1f}", f"{p / o:.0f}", f"{mb / o:.2f}", f"{p / t:.0f}", f"{mb / t:.2f}", f"{t / o:.2f}x"]
+            for n, p, mb, o, t in rows])
+
+    both = [i for i, page in enumerate(ours_text) if page.skip_reason is None and theirs_text[i].strip()]
+    ours_rate, ours_counts = residue_rate([ours_text[i].text for i in both])
+    theirs_rate, theirs_counts = residue_rate([theirs_text[i] for i in both])
+    _table(f"2. markup residue on the {len(both)} excerpt pages both keep (items per 1,000 chars)",
+           ["cleaner", "residue", "output chars", "kinds"],
+           [["bg2vec", f"{ours_rate:.4f}", sum(len(ours_text[i].text) for i in both), _kinds(ours_counts)],
+            ["WikiExtractor", f"{theirs_rate:.4f}", sum(len(theirs_text[i]) for i in both), _kinds(theirs_counts)]])
+
+    if not args.skip_scaling:
+        runs = {cpus: _scaling(cpus, big_dump) for cpus in (1, 2)}
+        _table("3. Ray Data scaling: the whole prepare job on the large dump (fresh local Ray)",
+               ["CPUs", "seconds", "pages kept", "pages/s", "speed-up vs 1 CPU"],
+               [[c, f"{r['seconds']:.1f}", r["pages"], f"{r['pages'] / r['seconds']:.0f}",
+                 f"{runs[1]['seconds'] / r['seconds']:.2f}x"] for c, r in runs.items()])
+
+    texts = [f"{p['title']}\n\n{ours_text[i].text}" for i, p in enumerate(excerpt) if ours_text[i].skip_reason is None]
+    _tokenize_bench(texts * 4)
+
+
+def _articles(path: str, codec: str) -> list[dict]:
+    fs = pafs.LocalFileSystem()
+    size = fs.get_file_info(path).size
+    return [p for p in iter_pages(fs, path, codec, 0, size, is_first=True, is_last=True, root_tag=b"",
+                                  display=path, salvage=False)
+            if p["ns"] == 0 and not p["redirect"]]
+
+
+def _large_dump(copies: int) -> Path:
+    """The excerpt's pages replicated with new ids and titles, as a multistream dump with its index."""
+    path = CACHE / f"enwiki-x{copies}-multistream.xml.bz2"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    header, pages, footer = split_pages(bz2.decompress(EXCERPT.read_bytes()))
+
+    def replicas():
+        for k in range(copies):
+            for page in pages:
+                page = re.sub(rb"<id>(\d+)</id>", lambda m: b"<id>%d</id>" % (k * 10_000_000 + int(m[1])), page, count=1)
+                yield page.replace(b"</title>", b" (%d)</title>" % k, 1)
+
+    tmp = path.with_suffix(".tmp")
+    write_multistream(header, replicas(), footer, tmp, CACHE / f"enwiki-x{copies}-multistream-index.txt.bz2")
+    tmp.rename(path)
+    return path
+
+
+def _clean_ours(pages):
+    cleaner = WikitextCleaner(CleaningConfig())
+    return [cleaner.clean(p["wikitext"]) for p in pages]
+
+
+def _clean_wikiextractor(pages):
+    from wikiextractor.extract import Extractor
+
+    out = []
+    for p in pages:
+        lines = Extractor(p["id"], p["revision_id"], "", p["title"], []).clean_text(p["wikitext"], expand_templates=False)
+        out.append("\n".join(lines))
+    return out
+
+
+def _scaling(cpus: int, dump: Path) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--scaling-run", str(cpus), str(dump)],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _scaling_run(cpus: int, dump: str) -> None:
+    import logging
+
+    import ray
+    from ray.data import DataContext
+
+    from bg2vec.config import load_config
+    from bg2vec.data.config import PrepareConfig
+    from bg2vec.data.pipeline import prepare
+
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.ERROR)
+    DataContext.get_current().enable_progress_bars = False
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load_config(PrepareConfig, None, [f"dump={dump}", f"output={out}", "range_mb=2",
+                                                f"tokenizer.name_or_path={TOKENIZER}"])
+        start = time.perf_counter()
+        manifest = prepare(cfg)
+        seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "pages": manifest["counts"]["pages_kept"]}))
+
+
+def _tokenize_bench(texts: list[str]) -> None:
+    tok = load_tokenizer(str(TOKENIZER))
+    backend = tok.backend_tokenizer
+    stage = TokenizeDocs(backend.to_str(), tok.bos_token_id, tok.eos_token_id, include_title=False)
+    batches = [texts[i:i + 128] for i in range(0, len(texts), 128)]
+
+    def bare():
+        return sum(len(e) for b in batches for e in backend.encode_batch(b, add_special_tokens=False))
+
+    def bare_fast():
+        return sum(len(e) for b in batches for e in backend.encode_batch_fast(b, add_special_tokens=False))
+
+    def ours():
+        packer, n = BlockPacker(512), 0
+        for b in batches:
+            ids = stage(pa.table({"text": b, "split": ["train"] * len(b)}))["input_ids"]
+            tokens = ids.combine_chunks().flatten().to_numpy()
+            blocks_to_arrow(packer.add(tokens))
+            n += len(tokens)
+        return n
+
+    results = {name: _best(fn, 3) for name, fn in (("bare encode_batch", bare),
+                                                    ("bare encode_batch_fast", bare_fast),
+                                                    ("bg2vec tokenise+pack", ours))}
+    base = results["bare encode_batch"][1] / results["bare encode_batch"][0]
+    _table(f"4. tokenise + pack, one core, {sum(map(len, texts)) / 1e6:.1f} M chars, Mistral-7B-v0.3 tokenizer",
+           ["method", "tokens", "tokens/s", "vs bare encode_batch"],
+           [[name, n, f"{n / s:,.0f}", f"{n / s / base:.2f}x"] for name, (s, n) in results.items()])
+
+
+def _best(fn, reps: int):
+    best, out = float("inf"), None
+    for _ in range(reps):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def _mb(pages) -> float:
+    return sum(len(p["wikitext"].encode()) for p in pages) / 1e6
+
+
+def _kinds(counts) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.most_common() if v) or "none"
+
+
+def _table(title: str, header: list[str], rows: list[list]) -> None:
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for i, row in enumerate(cells):
+        print("  " + "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+"""Resumable, checksum-verified downloads of Wikimedia dump files (standard library only)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import posixpath
+import re
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterator
+
+from bg2vec.errors import DownloadError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent fetches of one file are not serialised
+    fcntl = None
+
+# Wikimedia asks clients to identify themselves; generic library agents may be throttled.
+USER_AGENT = (
+    "bg2vec (Bulgarian word embeddings from Wikipedia dumps) "
+    f"Python-urllib/{sys.version_info[0]}.{sys.version_info[1]}"
+)
+BACKOFF_BASE = 0.5  # seconds before the first retry; doubles per consecutive failure
+BACKOFF_CAP = 30.0
+PROGRESS_INTERVAL = 0.25  # minimum seconds between progress callbacks
+
+_HASH_CHUNK = 1 << 20
+_SUMS_ALGORITHMS = ("sha1", "md5")  # order of preference
+_DIGEST_LENGTH = {"sha1": 40, "md5": 32}
+_DUMP_NAME = re.compile(r"(?P<wiki>[^-]+)-(?P<date>\d{8}|latest)-(?P<rest>.+)")
+_HEX = re.compile(r"[0-9a-f]+")
+
+ProgressCallback = Callable[[int, int | None], None]
+
+
+class _Transient(Exception):
+    """A failure worth retrying (dropped connection, timeout, 5xx); the next attempt resumes."""
+
+    def __init__(self, reason: str, received: int) -> None:
+        super().__init__(reason)
+        self.received = received
+
+
+def fetch(
+    url: str,
+    dest_dir: str | os.PathLike,
+    *,
+    verify: bool = True,
+    retries: int = 5,
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 20,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Download url into dest_dir/<basename>, resuming a previous partial download; return the final path.
+
+    Bytes go to ``<name>.part``, renamed to ``<name>`` only once complete and, when ``verify``, matching
+    the checksum published beside the file (see :func:`published_checksum`). An existing ``<name>`` is
+    verified (when ``verify``) and returned without downloading. ``retries`` bounds consecutive failed
+    attempts that received nothing; an attempt that made progress resets the count, so a long download
+    over a flaky link keeps resuming. ``progress(bytes_done, total_or_None)`` is called at most every
+    ``PROGRESS_INTERVAL`` seconds, and once at the end. Raises DownloadError on failure.
+    """
+    name = _file_name(url)
+    dest = Path(dest_dir)
+    final = dest / name
+    if not verify and final.is_file():
+        return final
+    expected = None
+    if verify:
+        # Before any download, so an unverifiable URL fails fast instead of after hundreds of MB.
+        expected = _published_checksum(url, timeout, retries)
+        if expected is None:
+            sums = ", ".join(_sums_urls(url)) or "none (not a <wiki>-<date>-<kind> dump file name)"
+            raise DownloadError(
+                f"No checksum is published for {url} (sums files tried: {sums}), so the download "
+                "cannot be verified. If you trust the source, set verify_download=false to download "
+                "it without verification."
+            )
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"Cannot create the download directory {dest} for {url}: {e}. "
+                            "Choose a writable directory.") from None
+    part = dest / f"{name}.part"
+    with _locked(dest / f".{name}.lock"):
+        if final.is_file():
+            if expected is not None:
+                _check_existing(final, url, expected)
+            return final
+        _download(url, part, retries=retries, timeout=timeout, chunk_size=chunk_size,
+                  report=_Progress(progress))
+        if expected is not None:
+            _verify_part(part, url, expected)
+        os.replace(part, final)
+    return final
+
+
+def published_checksum(url: str, *, timeout: float = 60.0) -> tuple[str, str] | None:
+    """(algorithm, hexdigest) for a dumps.wikimedia.org-style file, from the sums file published beside it; None if none is published.
+
+    For ``.../<wiki>-<date>-<rest>`` the sums files are ``<wiki>-<date>-sha1sums.txt`` (preferred) and
+    ``<wiki>-<date>-md5sums.txt`` in the same directory. For ``<date>`` = ``latest`` an entry may name
+    the dated file ``<wiki>-<8 digits>-<rest>``. A missing sums file, or one without an entry for the
+    file, gives None.
+    """
+    return _published_checksum(url, timeout, retries=2)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """Hex digest of the file at path, read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- downloading -------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Rate-limits the user's progress callback."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+        self.total: int | None = None
+        self._last_time: float | None = None
+        self._last_value: tuple[int, int | None] | None = None
+
+    def __call__(self, done: int, total: int | None, *, final: bool = False) -> None:
+        self.total = total
+        if self.callback is None or (done, total) == self._last_value:
+            return
+        now = time.monotonic()
+        if final or self._last_time is None or now - self._last_time >= PROGRESS_INTERVAL:
+            self._last_time, self._last_value = now, (done, total)
+            self.callback(done, total)
+
+
+def _download(url: str, part: Path, *, retries: int, timeout: float, chunk_size: int,
+              report: _Progress) -> None:
+    failures = 0
+    while True:
+        try:
+            _attempt(url, part, timeout, chunk_size, report)
+        except _Transient as e:
+            failures = 1 if e.received else failures + 1
+            if failures > retries:
+                kept = _size(part)
+                keep = (f" The {kept} bytes received so far are kept in {part}; re-running resumes "
+                        "from there." if kept else "")
+                raise DownloadError(
+                    f"Downloading {url} failed after {retries} retries: {e}.{keep} Check the network "
+                    "connection and that the server is up, or allow more retries."
+                ) from None
+            time.sleep(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)))
+        else:
+            report(_size(part), report.total, final=True)
+            return
+
+
+def _attempt(url: str, part: Path, timeout: float, chunk_size: int, report: _Progress) -> None:
+    """One request, appending to (or restarting) part; raises _Transient on a retryable failure."""
+    offset = _size(part)
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code == 416 and offset:
+            total = _content_range(e.headers.get("Content-Range"))[1]
+            if total is not None and total != offset:  # part is not a prefix of this file
+                _truncate(part, url)
+                return _attempt(url, part, timeout, chunk_size, report)
+            report.total = total
+            return  # part already holds the whole file; verification decides
+        if e.code >= 500 or e.code in (408, 429):
+            raise _Transient(f"the server answered HTTP {e.code} {e.reason}", 0) from None
+        raise DownloadError(
+            f"Cannot download {url}: the server answered HTTP {e.code} {e.reason}. Check the URL; "
+            "Wikimedia removes dated dumps after a few months, so a newer date or 'latest' may be needed."
+        ) from None
+    except (OSError, http.client.HTTPException) as e:
+        _raise_network_error(url, e, received=0)
+
+    with response:
+        length = _int(response.headers.get("Content-Length"))
+        if response.status == 206:
+            start, total = _content_range(response.headers.get("Content-Range"))
+            if start != offset:
+                _truncate(part, url)
+                raise _Transient(f"the server resumed at byte {start} instead of {offset}", 0)
+            mode = "ab"
+        elif response.status == 200:  # Range ignored (or none sent): start over
+            offset, mode = 0, "wb"
+            total = length
+        else:
+            raise DownloadError(f"Cannot download {url}: unexpected HTTP {response.status} "
+                                f"{response.reason} from the server.")
+        if total is None and length is not None:
+            total = offset + length
+        received = 0
+        report(offset, total)
+        try:
+            with open(part, mode) as out:
+                while True:
+                    try:
+                        chunk = response.read(chunk_size)
+                    except http.client.IncompleteRead as e:  # chunked body cut short
+                        out.write(e.partial)
+                        raise _Transient("the connection closed mid-transfer",
+                                         received + len(e.partial)) from None
+                    except (OSError, http.client.HTTPException) as e:
+                        _raise_network_error(url, e, received)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    received += len(chunk)
+                    report(offset + received, total)
+                # http.client signals a short fixed-length body only by an early end.
+                if length is not None and received < length:
+                    raise _Transient(f"the connection closed after {received} of {length} bytes", received)
+                out.flush()
+                os.fsync(out.fileno())  # on disk before the rename can publish it under the final name
+        except OSError as e:
+            raise DownloadError(f"Cannot write {part} while downloading {url}: {e}. "
+                                "Check free disk space and permissions.") from None
+
+
+def _raise_network_error(url: str, error: Exception, received: int):
+    reason = getattr(error, "reason", None) or error
+    if isinstance(reason, ssl.SSLCertVerificationError):  # retrying will not fix a certificate
+        raise DownloadError(f"Cannot download {url}: TLS certificate verification failed ({reason}). "
+                            "Check the host name and the system's CA certificates.") from None
+    raise _Transient(str(reason) or type(reason).__name__, received) from None
+
+
+def _verify_part(part: Path, url: str, expected: tuple[str, str]) -> None:
+    algorithm, digest = expected
+    actual = file_digest(part, algorithm)
+    if actual != digest:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"Checksum mismatch for {url}: the published {algorithm} is {digest} but the downloaded "
+            f"file's is {actual}. The download was deleted; re-running downloads it again from scratch. "
+            "If this repeats, the server may be serving a different dump than its sums file describes."
+        )
+
+
+def _check_existing(final: Path, url: str, expected: tuple[str, str]) -> None:
+    algorithm, digest = expected
+    actual = file_digest(final, algorithm)
+    if actual != digest:
+        # Not deleted automatically: it is a finished file the user may rely on.
+        raise DownloadError(
+            f"{final} already exists but its {algorithm} is {actual}, not the {digest} published for "
+            f"{url}. It is corrupt, or the dump behind the URL has changed since (as 'latest' does); "
+            f"delete {final} and re-run to download it again."
+        )
+
+
+# --- checksums ---------------------------------------------------------------------------------
+
+
+def _published_checksum(url: str, timeout: float, retries: int) -> tuple[str, str] | None:
+    name = _file_name(url)
+    match = _DUMP_NAME.fullmatch(name)
+    if match is None:
+        return None
+    for algorithm, sums_url in zip(_SUMS_ALGORITHMS, _sums_urls(url)):
+        text = _get_text(sums_url, timeout, retries)
+        if text is not None and (digest := _find_entry(text, name, match, algorithm)):
+            return algorithm, digest
+    return None
+
+
+def _sums_urls(url: str) -> list[str]:
+    parts = urllib.parse.urlsplit(url)
+    match = _DUMP_NAME.fullmatch(urllib.parse.unquote(posixpath.basename(parts.path)))
+    if match is None:
+        return []
+    directory = posixpath.dirname(parts.path)
+    return [
+        urllib.parse.urlunsplit((parts.scheme, parts.netloc,
+                                 f"{directory}/{match['wiki']}-{match['date']}-{algorithm}sums.txt", "", ""))
+        for algorithm in _SUMS_ALGORITHMS
+    ]
+
+
+def _find_entry(text: str, name: str, match: re.Match, algorithm: str) -> str | None:
+    dated = None
+    if match["date"] == "latest":
+        dated = re.compile(rf"{re.escape(match['wiki'])}-(\d{{8}})-{re.escape(match['rest'])}")
+    best: tuple[str, str] | None = None  # (date, digest) of the newest dated entry
+    for line in text.splitlines():
+        fields = line.split(None, 1)
+        if len(fields) != 2:
+            continue
+        digest, entry = fields[0].lower(), posixpath.basename(fields[1].strip().lstrip("*"))
+        if len(digest) != _DIGEST_LENGTH[algorithm] or not _HEX.fullmatch(digest):
+            continue
+        if entry == name:
+            return digest
+        if dated is not None and (m := dated.fullmatch(entry)) and (best is None or m[1] > best[0]):
+            best = (m[1], digest)
+    return best[1] if best else None
+
+
+def _get_text(url: str, timeout: float, retries: int) -> str | None:
+    """Body of a small text file; None on 404/410."""
+    failures = 0
+    while True:
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.read().decode("utf-8", errors="replace")
+        except urllib.error.HTTPError as e:
+            e.close()
+            if e.code in (404, 410):
+                return None
+            if not (e.code >= 500 or e.code in (408, 429)):
+                raise DownloadError(f"Cannot read the checksum file {url}: the server answered HTTP "
+                                    f"{e.code} {e.reason}. Check the URL.") from None
+            reason: object = f"HTTP {e.code} {e.reason}"
+        except (OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", None) or e
+        failures += 1
+        if failures > retries:
+            raise DownloadError(f"Cannot read the checksum file {url} after {retries} retries: {reason}. "
+                                "Check the network connection and that the server is up.")
+        time.sleep(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)))
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _file_name(url: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except (TypeError, ValueError, AttributeError):
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise DownloadError(
+            f"Cannot download {url!r}: only http:// and https:// URLs are supported, e.g. "
+            "https://dumps.wikimedia.org/bgwiki/latest/bgwiki-latest-pages-articles.xml.bz2."
+        )
+    name = urllib.parse.unquote(posixpath.basename(parts.path))
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise DownloadError(f"Cannot download {url}: the URL does not end in a file name to save it "
+                            "under; give the full URL of the dump file.")
+    return name
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) from 'bytes 100-199/200' or 'bytes */200'."""
+    m = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
+    if m is None:
+        return None, None
+    return _int(m[1]), _int(m[2])
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _truncate(part: Path, url: str) -> None:
+    try:
+        part.unlink(missing_ok=True)
+    except OSError as e:
+        raise DownloadError(f"Cannot remove the stale partial download {part} of {url}: {e}. "
+                            "Delete it by hand and re-run.") from None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise fetches of one file across processes and threads (they would interleave the .part)."""
+    try:
+        handle = open(path, "a")
+    except OSError:  # read-only directory: nothing can be written there anyway
+        yield
+        return
+    with handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+

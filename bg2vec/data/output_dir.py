@@ -1,0 +1,73 @@
+"""The prepared directory: its layout, claiming it, and publishing it (manifest last)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+
+from bg2vec import storage
+from bg2vec.errors import Bg2VecError
+
+log = logging.getLogger(__name__)
+SUBDIRS = ("pages", "blocks", "tokenizer")
+
+
+class PreparedDir:
+    """``DIR/{pages,blocks/<split>,tokenizer}/`` and ``DIR/manifest.json``, local or on a cloud store."""
+
+    def __init__(self, uri: str):
+        # workers do not share the driver's working directory: hand them absolute locations
+        self.uri = uri.rstrip("/") if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+        self.fs, self.base = storage.resolve(self.uri)
+        self.manifest_path = storage.join(self.base, "manifest.json")
+
+    @property
+    def pages_uri(self) -> str:
+        return f"{self.uri}/pages"
+
+    @property
+    def blocks_uri(self) -> str:
+        return f"{self.uri}/blocks"
+
+    @property
+    def tokenizer_uri(self) -> str:
+        return f"{self.uri}/tokenizer"
+
+    def claim(self, overwrite: bool) -> None:
+        """Make the directory ready for a new run; refuse to replace a complete one unless asked."""
+        if storage.exists(self.fs, self.manifest_path):
+            if not overwrite:
+                raise Bg2VecError(f"{self.uri} already holds a complete prepared dataset (manifest.json); "
+                                  f"pass overwrite=true to replace it, or choose another output")
+            self.fs.delete_file(self.manifest_path)  # first: from here on it no longer looks complete
+        for sub in SUBDIRS:
+            path = storage.join(self.base, sub)
+            if storage.exists(self.fs, path):
+                log.info("removing %s left by an earlier run", path)
+                self.fs.delete_dir(path)
+        self.fs.create_dir(self.base, recursive=True)
+
+    def discard(self) -> None:
+        """Remove what a failed run wrote (never files it did not create)."""
+        for sub in SUBDIRS:
+            path = storage.join(self.base, sub)
+            try:
+                if storage.exists(self.fs, path):
+                    self.fs.delete_dir(path)
+            except OSError as e:
+                log.warning("could not remove %s after the failure: %s", path, e)
+
+    def save_tokenizer(self, tokenizer) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save_pretrained(tmp)
+            dest = storage.join(self.base, "tokenizer")
+            self.fs.create_dir(dest, recursive=True)
+            for name in os.listdir(tmp):
+                with open(os.path.join(tmp, name), "rb") as f:
+                    storage.write_bytes_atomic(self.fs, storage.join(dest, name), f.read())
+
+    def write_manifest(self, manifest: dict) -> None:
+        data = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
+        storage.write_bytes_atomic(self.fs, self.manifest_path, data)

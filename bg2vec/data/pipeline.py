@@ -1,0 +1,213 @@
+"""The prepare stage on Ray Data: dump -> pages/ -> (tokenizer/) -> blocks/ -> manifest.json.
+
+Stages (each one parallel across the cluster):
+
+1. read: :class:`WikipediaDumpDatasource`, one task per byte range of whole pages (pinned to the
+   driver's node when the dump is a local file);
+2. clean: tasks of :func:`clean_pages` over batches of pages (not fused with reading, so that a
+   single-stream dump is still cleaned on every CPU);
+3. write pages: :class:`PagesDatasink` (kept pages; every page counted by skip reason);
+4. tokenise: an actor pool of :class:`TokenizeDocs`, each holding the tokenizer;
+5. pack + write blocks: :class:`BlocksDatasink`.
+
+Writes (and re-reading the pages) declare no CPU: they are light, and must not wait behind
+actors that hold every CPU.
+
+``manifest.json`` is written last and atomically; on any failure the partial output is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+
+import pyarrow as pa
+import ray
+from ray.data import ActorPoolStrategy, DataContext
+from ray.data.expressions import col
+
+import bg2vec
+from bg2vec import storage
+from bg2vec.config import to_dict
+from bg2vec.data.config import PrepareConfig
+from bg2vec.data.dump_ranges import plan_ranges, read_multistream_index
+from bg2vec.data.dump_datasource import WikipediaDumpDatasource
+from bg2vec.data.dump_reader import read_siteinfo
+from bg2vec.data.output_dir import PreparedDir
+from bg2vec.data.parquet_source import ParquetFilesDatasource
+from bg2vec.data.sinks import SPLITS, BlocksDatasink, PagesDatasink
+from bg2vec.data.sources import resolve_dump
+from bg2vec.data.stages import TokenizeDocs, clean_pages
+from bg2vec.data.tokenization import load_tokenizer, train_bpe_tokenizer
+from bg2vec.errors import Bg2VecError, DumpError
+from bg2vec.ray_utils import init_ray, reraise_user_error
+
+log = logging.getLogger(__name__)
+
+CLEAN_BATCH_PAGES = 32
+TOKENIZE_BATCH_DOCS = 64
+BLOCK_BYTES = 4 << 20
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Run the whole stage; return the manifest (also written to ``output/manifest.json``)."""
+    started = time.time()
+    out = PreparedDir(cfg.output)
+    out.claim(overwrite=cfg.overwrite)
+    source = resolve_dump(cfg)
+    fs, path = storage.resolve(source.uri)
+    siteinfo = read_siteinfo(fs, path, source.codec, source.display)
+    offsets = None
+    if source.index_uri:
+        offsets = read_multistream_index(*storage.resolve(source.index_uri), source.index_uri)
+    ranges = plan_ranges(fs, path, source.codec, source.size, int(cfg.range_mb * 2**20), offsets, source.display)
+    log.info("dump %s: %s, %.1f MB, wiki %s (%s), %d read range(s)", source.display, source.codec,
+             source.size / 1e6, siteinfo.dbname, siteinfo.lang, len(ranges))
+    init_ray(cfg.ray_address)
+    workers = cfg.max_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    run_id = uuid.uuid4().hex[:8]
+    try:
+        with reraise_user_error(), _small_blocks():
+            pages = _write_pages(cfg, source, siteinfo, ranges, out, run_id)
+            if not sum(pages["kept"].values()):
+                raise DumpError(f"dump {source.display}: no article was kept (skipped: "
+                                f"{dict(pages['skipped']) or 'none'}); is it a pages-articles dump?")
+            page_files = [f"{out.pages_uri}/{name}" for name in pages["files"]]
+            tokenizer, tokenizer_info = _tokenizer(cfg, out, page_files)
+            actors = min(workers, max(1, sum(pages["kept"].values()) // TOKENIZE_BATCH_DOCS))
+            blocks = _write_blocks(cfg, tokenizer, out, page_files, run_id, actors)
+        manifest = _manifest(cfg, source, siteinfo, len(ranges), pages, blocks, tokenizer_info,
+                             time.time() - started)
+        out.write_manifest(manifest)
+    except BaseException:
+        out.discard()
+        raise
+    return manifest
+
+
+@contextlib.contextmanager
+def _small_blocks():
+    """Blocks of a few MB: Ray Data's default (128 MB) merges a whole read range into one block,
+    which one task then cleans or tokenises alone while the other CPUs wait. (Scoped, so that the
+    caller's DataContext is left as it was.)"""
+    ctx = DataContext.get_current()
+    saved, ctx.target_max_block_size = ctx.target_max_block_size, BLOCK_BYTES
+    try:
+        yield
+    finally:
+        ctx.target_max_block_size = saved
+
+
+def _write_pages(cfg: PrepareConfig, source, siteinfo, ranges, out: PreparedDir, run_id: str) -> dict:
+    # A local dump exists on this node only: read it here (cleaning still spreads over the cluster).
+    pin = {f"node:{ray.util.get_node_ip_address()}": 0.001} if source.is_local else None
+    datasource = WikipediaDumpDatasource(source.uri, source.codec, ranges, siteinfo.root_tag,
+                                         source.display, cfg.salvage)
+    ds = ray.data.read_datasource(datasource, resources=pin, override_num_blocks=len(ranges))
+    # A batch size keeps Ray Data from fusing cleaning into the read tasks (see module docstring).
+    ds = ds.map_batches(clean_pages, batch_size=CLEAN_BATCH_PAGES, batch_format="pyarrow", fn_kwargs={
+        "cleaning": cfg.cleaning, "namespaces": siteinfo.namespaces,
+        "validation_fraction": cfg.validation_fraction})
+    sink = PagesDatasink(out.pages_uri, run_id)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    totals: dict = {"kept": Counter(), "skipped": Counter(), "chars": 0, "truncations": [], "files": []}
+    for result in sink.results:
+        for key in totals:
+            totals[key] += result[key]
+    return totals
+
+
+def _tokenizer(cfg: PrepareConfig, out: PreparedDir, page_files: list[str]):
+    tc = cfg.tokenizer
+    if tc.name_or_path:
+        tok = load_tokenizer(tc.name_or_path, tc.revision, tc.trust_remote_code)
+        return tok, {"name_or_path": tc.name_or_path, "revision": tc.revision, "trained": False}
+    log.info("training a %d-token byte-level BPE tokenizer on the training pages", tc.train_vocab_size)
+    ds = ray.data.read_datasource(ParquetFilesDatasource(page_files, ["id", "title", "text", "split"]))
+    ds = ds.filter(expr=col("split") == "train").sort("id")  # same pages, same order: same tokenizer
+
+    def texts():
+        for batch in ds.iter_batches(batch_size=256, batch_format="pyarrow"):
+            if tc.include_title:
+                yield from (f"{t}\n\n{x}" for t, x in zip(batch["title"].to_pylist(), batch["text"].to_pylist()))
+            else:
+                yield from batch["text"].to_pylist()
+
+    tok = train_bpe_tokenizer(texts(), tc.train_vocab_size)
+    out.save_tokenizer(tok)
+    return tok, {"name_or_path": "tokenizer", "trained": True, "vocab_size": tc.train_vocab_size}
+
+
+def _write_blocks(cfg: PrepareConfig, tokenizer, out: PreparedDir, page_files: list[str], run_id: str,
+                  workers: int) -> dict:
+    tc = cfg.tokenizer
+    bos = tokenizer.bos_token_id if tc.add_bos else None
+    eos = tokenizer.eos_token_id if tc.add_eos else None
+    ds = ray.data.read_datasource(ParquetFilesDatasource(page_files, ["title", "text", "split"]),
+                                  num_cpus=0,  # I/O only; the tokenizer actors hold the CPUs
+                                  override_num_blocks=len(page_files))
+    ds = ds.map_batches(TokenizeDocs, batch_size=TOKENIZE_BATCH_DOCS, batch_format="pyarrow",
+                        compute=ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
+                        fn_constructor_args=(tokenizer.backend_tokenizer.to_str(), bos, eos, tc.include_title))
+    sink = BlocksDatasink(out.blocks_uri, run_id, cfg.seq_len)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    totals = {split: {"docs": 0, "tokens": 0, "blocks": 0, "dropped_tokens": 0, "files": []}
+              for split in SPLITS}
+    for result in sink.results:
+        for split in SPLITS:
+            for key, value in result[split].items():
+                totals[split][key] += value
+    totals["special_tokens"] = {"bos": bos, "eos": eos}
+    return totals
+
+
+def _manifest(cfg: PrepareConfig, source, siteinfo, n_ranges: int, pages: dict, blocks: dict,
+              tokenizer_info: dict, seconds: float) -> dict:
+    kept, skipped = pages["kept"], pages["skipped"]
+    truncations = pages["truncations"]
+    return {
+        "format": "bg2vec-prepared-v1",
+        "bg2vec_version": bg2vec.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 1),
+        "source": {**source.to_json(), "siteinfo": siteinfo.to_json(), "read_ranges": n_ranges},
+        "tokenizer": tokenizer_info,
+        "seq_len": cfg.seq_len,
+        "counts": {
+            "pages_read": sum(kept.values()) + sum(skipped.values()),
+            "pages_kept": sum(kept.values()),
+            "pages_kept_by_split": {s: kept.get(s, 0) for s in SPLITS},
+            "pages_skipped": dict(sorted(skipped.items())),
+            "text_chars": pages["chars"],
+            "tokens": {s: blocks[s]["tokens"] for s in SPLITS},
+            "blocks": {s: blocks[s]["blocks"] for s in SPLITS},
+            "dropped_tokens": {s: blocks[s]["dropped_tokens"] for s in SPLITS},
+            "documents_tokenized": {s: blocks[s]["docs"] for s in SPLITS},
+        },
+        "salvage": {
+            "ranges_cut_short": len(truncations),
+            "bytes_lost": sum(t["lost_bytes"] for t in truncations),
+            "partial_pages_lost": sum(1 for t in truncations if t["title"]),
+            "problems": [t["problem"] for t in truncations],
+        } if truncations else None,
+        "special_tokens": blocks["special_tokens"],
+        "files": {"pages": sorted(pages["files"]),
+                  **{f"blocks/{s}": sorted(blocks[s]["files"]) for s in SPLITS}},
+        "config": to_dict(cfg),
+    }
+
+
+def load_manifest(directory: str) -> dict:
+    """The manifest of a prepared directory; a clear error if it is missing (incomplete run)."""
+    fs, base = storage.resolve(directory)
+    path = storage.join(base, "manifest.json")
+    if not storage.exists(fs, path):
+        raise Bg2VecError(f"{directory} is not a complete prepared dataset (no manifest.json): run "
+                          f"jobs/prepare_data.py with output={directory} first")
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())

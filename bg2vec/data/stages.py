@@ -1,0 +1,69 @@
+"""The Ray Data stages that run on workers: cleaning pages and tokenising documents.
+
+Kept apart from the driver-side code on purpose: every Ray worker imports the module of the
+function it runs, and these import neither transformers nor torch (seconds of CPU per worker).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+from tokenizers import Tokenizer
+
+from bg2vec.data.config import CleaningConfig
+from bg2vec.data.packing import with_special_tokens
+from bg2vec.data.splits import split_of
+from bg2vec.data.wikitext import WikitextCleaner
+
+CLEAN_SCHEMA = pa.schema([("id", pa.int64()), ("title", pa.string()), ("text", pa.string()),
+                          ("split", pa.string()), ("revision_id", pa.int64()),
+                          ("categories", pa.list_(pa.string())), ("skip_reason", pa.string()),
+                          ("lost_bytes", pa.int64()), ("problem", pa.string())])
+
+
+def clean_pages(batch: pa.Table, *, cleaning: CleaningConfig, namespaces: dict[int, str],
+                validation_fraction: float) -> pa.Table:
+    """Ray Data stage: raw pages -> cleaned text, categories, split and skip reason."""
+    cleaner = WikitextCleaner(cleaning, namespaces)  # cheap to build: compiled patterns are cached
+    texts, categories, splits, reasons = [], [], [], []
+    for page_id, wikitext, reason in zip(batch["id"].to_pylist(), batch["wikitext"].to_pylist(),
+                                         batch["skip_reason"].to_pylist()):
+        text, cats = "", []
+        if reason is None:
+            if cleaner.is_redirect(wikitext):
+                reason = "redirect"
+            else:
+                page = cleaner.clean(wikitext)
+                reason, cats = page.skip_reason, page.categories
+                text = page.text if reason is None else ""
+        texts.append(text)
+        categories.append(cats)
+        reasons.append(reason)
+        splits.append(split_of(page_id, validation_fraction) if reason is None else None)
+    return pa.table({"id": batch["id"], "title": batch["title"], "text": texts, "split": splits,
+                     "revision_id": batch["revision_id"], "categories": categories,
+                     "skip_reason": reasons, "lost_bytes": batch["lost_bytes"],
+                     "problem": batch["problem"]}, schema=CLEAN_SCHEMA)
+
+
+class TokenizeDocs:
+    """Ray Data stage: pages -> token ids per document (BOS/EOS added), one tokenizer per actor.
+
+    The tokenizer travels as its JSON definition, so actors on any node build it without network
+    access or a shared filesystem.
+    """
+
+    def __init__(self, tokenizer_json: str, bos: int | None, eos: int | None, include_title: bool):
+        # One CPU per actor: parallelism comes from more actors, not from Rust threads fighting them.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.bos, self.eos, self.include_title = bos, eos, include_title
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = batch["text"].to_pylist()
+        if self.include_title:
+            texts = [f"{title}\n\n{text}" for title, text in zip(batch["title"].to_pylist(), texts)]
+        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        ids = pa.array([e.ids for e in encodings], type=pa.list_(pa.int32()))
+        return pa.table({"split": batch["split"], "input_ids": with_special_tokens(ids, self.bos, self.eos)})

@@ -1,0 +1,62 @@
+"""Local paths and cloud URIs (s3://, gs://, ...) through one pyarrow filesystem interface."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+
+import pyarrow.fs as pafs
+
+
+def resolve(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or a URI that pyarrow understands."""
+    if "://" in uri_or_path:
+        return pafs.FileSystem.from_uri(uri_or_path)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri_or_path))
+
+
+def is_local(uri_or_path: str) -> bool:
+    return "://" not in uri_or_path or uri_or_path.startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts of a filesystem path (always '/', also for the local filesystem)."""
+    return posixpath.join(base, *parts)
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def size(fs: pafs.FileSystem, path: str) -> int:
+    return fs.get_file_info(path).size
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write a file so that readers see either nothing or all of it.
+
+    Locally: write a temporary sibling, then rename (atomic on POSIX). Object stores publish an
+    object only when its upload completes, so there the direct write is already atomic.
+    """
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    os.replace(tmp, path)
+
+
+def temporary_sibling(fs: pafs.FileSystem, path: str) -> str:
+    """Where to stage ``path`` before :func:`publish`: itself on object stores, a temp name locally."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return f"{path}.tmp-{uuid.uuid4().hex}"
+    return path
+
+
+def publish(fs: pafs.FileSystem, staged: str, path: str) -> None:
+    if staged != path:
+        os.replace(staged, path)

@@ -1,0 +1,254 @@
+"""The prepare stage end to end on a local Ray: outputs, counts, variants, bad input."""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import hashlib
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoTokenizer
+
+from bg2vec.config import load_config, to_dict
+from bg2vec.data.config import PrepareConfig
+from bg2vec.data.multistream import split_pages, write_multistream
+from bg2vec.data.pipeline import load_manifest, prepare
+from bg2vec.data.splits import split_of
+from bg2vec.errors import Bg2VecError, DumpError
+from conftest import REPO, SAMPLE_DUMP
+
+pytestmark = pytest.mark.slow
+
+# ns-0 pages of the sample that are neither redirects nor disambiguation pages
+SAMPLE_ARTICLES = 34
+FIRST_SENTENCES = {
+    "София": "София е столицата и най-големият град на България.",
+    "Пловдив": "Пловдив е вторият по големина град в България и административен център на едноименната област.",
+    "Кирилица": "Кирилицата е азбука, създадена в края на IX или началото на X век в Първото българско царство.",
+    "Рила": "Рила е най-високата планина в България и на целия Балкански полуостров.",
+}
+
+
+def run(output: Path, *overrides: str, config: str | None = "configs/tiny/prepare.yaml") -> dict:
+    cfg = load_config(PrepareConfig, str(REPO / config) if config else None, [f"output={output}", *overrides])
+    return prepare(cfg)
+
+
+def pages_table(output) -> list[dict]:
+    rows = pq.read_table(Path(output) / "pages").to_pylist()
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def blocks(output, split) -> np.ndarray:
+    table = pq.read_table(Path(output) / "blocks" / split)
+    return np.array(table["input_ids"].to_pylist(), dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def tiny(ray_local, tmp_path_factory):
+    output = tmp_path_factory.mktemp("tiny") / "data"
+    return output, run(output)
+
+
+def test_tiny_preset_counts_every_page(tiny):
+    _, manifest = tiny
+    counts = manifest["counts"]
+    assert counts["pages_read"] == 47 and counts["pages_kept"] == SAMPLE_ARTICLES
+    assert counts["pages_skipped"] == {"disambiguation": 3, "namespace": 5, "redirect": 5}
+    assert sum(counts["pages_kept_by_split"].values()) == SAMPLE_ARTICLES
+    assert manifest["source"]["sha1"] == hashlib.sha1(SAMPLE_DUMP.read_bytes()).hexdigest()
+    assert manifest["source"]["siteinfo"]["lang"] == "bg"
+    assert manifest["seq_len"] == 128 and manifest["salvage"] is None
+    assert manifest["config"]["cleaning"]["min_text_chars"] == 100
+
+
+def test_tiny_preset_pages(tiny):
+    output, manifest = tiny
+    schema = pq.read_schema(next((output / "pages").glob("*.parquet")))
+    assert [(f.name, str(f.type)) for f in schema][:4] == [
+        ("id", "int64"), ("title", "string"), ("text", "string"), ("split", "string")]
+    rows = pages_table(output)
+    assert len(rows) == SAMPLE_ARTICLES
+    by_title = {r["title"]: r for r in rows}
+    for title, sentence in FIRST_SENTENCES.items():
+        assert by_title[title]["text"].startswith(sentence)
+    assert by_title["София"]["categories"] == ["София", "Столици в Европа", "Градове в област София (столица)"]
+    assert all(r["split"] == split_of(r["id"], 0.1) for r in rows)
+    assert not {"Марица", "Балкан", "Кирилска азбука", "Беседа:София"} & set(by_title)
+    assert sorted(p.name for p in (output / "pages").iterdir()) == manifest["files"]["pages"]
+
+
+def test_tiny_preset_blocks_hold_every_token_of_every_page(tiny):
+    output, manifest = tiny
+    tok = AutoTokenizer.from_pretrained(output / "tokenizer")
+    assert len(tok) == 4000
+    docs = {"train": [], "validation": []}
+    for r in pages_table(output):
+        ids = tok(f"{r['title']}\n\n{r['text']}", add_special_tokens=False)["input_ids"]
+        docs[r["split"]].append([tok.bos_token_id, *ids, tok.eos_token_id])
+    for split, split_docs in docs.items():
+        packed = blocks(output, split)
+        assert packed.shape[1] == 128 and packed.shape[0] == manifest["counts"]["blocks"][split]
+        all_tokens = [t for d in split_docs for t in d]
+        dropped = manifest["counts"]["dropped_tokens"][split]
+        assert manifest["counts"]["tokens"][split] == len(all_tokens) == packed.size + dropped
+        assert dropped < 128  # one shard: only its last partial block is dropped
+        # the blocks are the documents' tokens, none invented or lost but the dropped tail
+        missing = Counter(all_tokens) - Counter(packed.reshape(-1).tolist())
+        assert sum(missing.values()) == dropped
+        assert packed[0, 0] == tok.bos_token_id
+    schema = pq.read_schema(next((output / "blocks" / "train").glob("*.parquet")))
+    assert str(schema.field("input_ids").type) == "list<element: int32>"
+
+
+def test_manifest_is_last_and_nothing_temporary_is_left(tiny):
+    output, manifest = tiny
+    assert load_manifest(str(output)) == manifest
+    assert not [p for p in output.rglob("*") if ".tmp-" in p.name]
+    assert manifest["tokenizer"] == {"name_or_path": "tokenizer", "trained": True, "vocab_size": 4000}
+
+
+def test_rerun_needs_overwrite(ray_local, tmp_path):
+    output = tmp_path / "data"
+    tok = f"tokenizer.name_or_path={REPO.parent / 'shared/data/tokenizers/mistral-7b-instruct-v0.3'}"
+    first = run(output, tok)
+    with pytest.raises(Bg2VecError, match="already holds a complete prepared dataset"):
+        run(output, tok)
+    second = run(output, tok, "overwrite=true")
+    assert second["counts"] == first["counts"]
+    assert sorted(p.name for p in (output / "pages").iterdir()) == second["files"]["pages"]  # old files gone
+
+
+def test_multistream_dump_read_in_parallel_gives_the_same_pages(ray_local, tmp_path, tiny, sample_xml):
+    header, page_xml, footer = split_pages(sample_xml)
+    dump = tmp_path / "bgwiki-20261101-pages-articles-multistream.xml.bz2"
+    write_multistream(header, page_xml, footer, dump,
+                      tmp_path / "bgwiki-20261101-pages-articles-multistream-index.txt.bz2", pages_per_stream=4)
+    output = tmp_path / "data"
+    manifest = run(output, f"dump={dump}", "range_mb=0.001")  # index found next to the dump
+    assert manifest["source"]["multistream_index"].endswith("-multistream-index.txt.bz2")
+    assert manifest["source"]["read_ranges"] == 12
+    assert pages_table(output) == pages_table(tiny[0])
+
+
+def test_real_english_excerpt(ray_local, tmp_path, shared_dir, mistral_tokenizer_dir):
+    output = tmp_path / "en"
+    manifest = run(output, f"dump={shared_dir / 'data/wiki/enwiki-sample-206pages.xml.bz2'}",
+                   f"tokenizer.name_or_path={mistral_tokenizer_dir}", "seq_len=512", config=None)
+    counts = manifest["counts"]
+    assert (counts["pages_read"], counts["pages_kept"]) == (206, 98)
+    assert counts["pages_skipped"] == {"disambiguation": 8, "namespace": 1, "redirect": 99}
+    assert manifest["special_tokens"] == {"bos": 1, "eos": 2}
+    anarchism = next(r for r in pages_table(output) if r["title"] == "Anarchism")
+    assert anarchism["text"].startswith("Anarchism is a political philosophy")
+    assert counts["blocks"]["train"] * 512 + counts["dropped_tokens"]["train"] == counts["tokens"]["train"]
+
+
+def test_real_bulgarian_excerpt(ray_local, tmp_path, shared_dir, mistral_tokenizer_dir):
+    output = tmp_path / "bg"
+    manifest = run(output, f"dump={shared_dir / 'data/wiki/bgwiki-sample-3pages.xml.bz2'}",
+                   f"tokenizer.name_or_path={mistral_tokenizer_dir}", config=None)
+    assert manifest["counts"]["pages_skipped"] == {"namespace": 2}
+    (page,) = pages_table(output)
+    assert (page["id"], page["title"], page["revision_id"]) == (558, "Григориански календар", 7862180)
+    assert page["text"].startswith("Григорианският календар (понякога наричан и Грегориански календар")
+
+
+def test_truncated_dump_fails_cleanly_or_is_salvaged(ray_local, tmp_path, sample_xml, mistral_tokenizer_dir):
+    data = bz2.compress(sample_xml, 1)
+    dump = tmp_path / "cut.xml.bz2"
+    dump.write_bytes(data[: len(data) * 2 // 3])
+    tok = f"tokenizer.name_or_path={mistral_tokenizer_dir}"
+    output = tmp_path / "strict"
+    with pytest.raises(DumpError, match="the bz2 data ends early.*salvage=true"):
+        run(output, f"dump={dump}", tok)
+    assert not (output / "manifest.json").exists() and not (output / "pages").exists()
+    manifest = run(tmp_path / "salvaged", f"dump={dump}", tok, "salvage=true")
+    salvage = manifest["salvage"]
+    assert salvage["ranges_cut_short"] == 1 and salvage["bytes_lost"] > 0
+    assert "the bz2 data ends early" in salvage["problems"][0]
+    assert 10 < manifest["counts"]["pages_kept"] < SAMPLE_ARTICLES
+
+
+def test_failure_after_pages_removes_the_partial_output(ray_local, tmp_path):
+    output = tmp_path / "data"
+    with pytest.raises(Bg2VecError, match="cannot load tokenizer"):
+        run(output, f"tokenizer.name_or_path={tmp_path / 'no-such-tokenizer'}")
+    assert output.exists() and not any(output.iterdir())
+
+
+def test_url_dump_is_downloaded_verified_and_prepared(ray_local, tmp_path, sample_xml, mistral_tokenizer_dir):
+    served = tmp_path / "served"
+    served.mkdir()
+    data = bz2.compress(sample_xml)
+    (served / "bgwiki-20261101-pages-articles.xml.bz2").write_bytes(data)
+    sha1 = hashlib.sha1(data).hexdigest()
+    (served / "bgwiki-20261101-sha1sums.txt").write_text(f"{sha1}  bgwiki-20261101-pages-articles.xml.bz2\n")
+    handler = functools.partial(_QuietHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/bgwiki-20261101-pages-articles.xml.bz2"
+        manifest = run(tmp_path / "data", f"dump={url}", f"download_dir={tmp_path / 'dl'}",
+                       f"tokenizer.name_or_path={mistral_tokenizer_dir}")
+    finally:
+        server.shutdown()
+    assert manifest["source"]["sha1"] == sha1
+    assert (tmp_path / "dl" / "bgwiki-20261101-pages-articles.xml.bz2").read_bytes() == data
+    assert manifest["counts"]["pages_kept"] == SAMPLE_ARTICLES
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_output_as_uri(ray_local, tmp_path, mistral_tokenizer_dir):
+    output = f"file://{tmp_path}/uri-out"
+    manifest = run(output, f"tokenizer.name_or_path={mistral_tokenizer_dir}")
+    assert json.loads((tmp_path / "uri-out" / "manifest.json").read_text())["counts"] == manifest["counts"]
+    assert manifest["config"] == to_dict(load_config(PrepareConfig, str(REPO / "configs/tiny/prepare.yaml"),
+                                                     [f"output={output}", f"tokenizer.name_or_path={mistral_tokenizer_dir}"]))
+
+
+def _job(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "prepare_data.py"), *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty (0 bytes)"),
+    (b"<html><body>Service Unavailable</body></html>", "is an HTML page"),
+])
+def test_job_rejects_bad_dumps_before_starting_work(tmp_path, content, message):
+    dump = tmp_path / "dump.xml"
+    dump.write_bytes(content)
+    result = _job("--config", "configs/tiny/prepare.yaml", f"dump={dump}", f"output={tmp_path / 'out'}")
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_job_reports_a_truncated_dump_found_by_a_worker(tmp_path, sample_xml):
+    dump = tmp_path / "cut.xml"
+    dump.write_bytes(sample_xml[: len(sample_xml) // 2])
+    result = _job("--config", str(REPO / "configs/tiny/prepare.yaml"), f"dump={dump}",
+                  f"output={tmp_path / 'out'}", "max_workers=1", cwd=tmp_path)
+    assert result.returncode == 1
+    error = result.stderr[result.stderr.index("error: "):]
+    assert "the XML is truncated" in error and "salvage=true" in error and "Traceback" not in error
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_job_runs_the_tiny_preset_from_any_directory(tmp_path):
+    result = _job("--config", str(REPO / "configs/tiny/prepare.yaml"), f"output={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "34 kept" in result.stdout and (tmp_path / "out" / "manifest.json").exists()
