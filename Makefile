@@ -11,8 +11,9 @@ STAMP := $(VENV)/.installed-stamp
 demo: $(STAMP)
 	$(BIN)/python jobs/prepare_data.py --config configs/tiny/prepare.yaml output=runs/demo/data overwrite=true
 
-## Set up and run the tests (slow ones included: real Ray, real DeepSpeed).
+## Set up and run the tests (slow ones included: real Ray, real DeepSpeed), after the linter.
 test: $(STAMP)
+	$(BIN)/ruff check bg2vec jobs bench tests
 	$(BIN)/python -m pytest
 
 ## Benchmarks (printed tables; not tests).

@@ -117,9 +117,9 @@ def test_manifest_is_last_and_nothing_temporary_is_left(tiny):
     assert manifest["tokenizer"] == {"name_or_path": "tokenizer", "trained": True, "vocab_size": 4000}
 
 
-def test_rerun_needs_overwrite(ray_local, tmp_path):
+def test_rerun_needs_overwrite(ray_local, tmp_path, mistral_tokenizer_dir):
     output = tmp_path / "data"
-    tok = f"tokenizer.name_or_path={REPO.parent / 'shared/data/tokenizers/mistral-7b-instruct-v0.3'}"
+    tok = f"tokenizer.name_or_path={mistral_tokenizer_dir}"
     first = run(output, tok)
     with pytest.raises(Bg2VecError, match="already holds a complete prepared dataset"):
         run(output, tok)
@@ -216,8 +216,9 @@ def test_output_as_uri(ray_local, tmp_path, mistral_tokenizer_dir):
     output = f"file://{tmp_path}/uri-out"
     manifest = run(output, f"tokenizer.name_or_path={mistral_tokenizer_dir}")
     assert json.loads((tmp_path / "uri-out" / "manifest.json").read_text())["counts"] == manifest["counts"]
-    assert manifest["config"] == to_dict(load_config(PrepareConfig, str(REPO / "configs/tiny/prepare.yaml"),
-                                                     [f"output={output}", f"tokenizer.name_or_path={mistral_tokenizer_dir}"]))
+    expected = load_config(PrepareConfig, str(REPO / "configs/tiny/prepare.yaml"),
+                           [f"output={output}", f"tokenizer.name_or_path={mistral_tokenizer_dir}"])
+    assert manifest["config"] == to_dict(expected)
 
 
 def _job(*args, cwd=REPO):

@@ -14,8 +14,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from bg2vec.errors import DownloadError
 
@@ -105,7 +105,8 @@ def fetch(
 
 
 def published_checksum(url: str, *, timeout: float = 60.0) -> tuple[str, str] | None:
-    """(algorithm, hexdigest) for a dumps.wikimedia.org-style file, from the sums file published beside it; None if none is published.
+    """(algorithm, hexdigest) for a dumps.wikimedia.org-style file, from the sums file published
+    beside it; None if none is published.
 
     For ``.../<wiki>-<date>-<rest>`` the sums files are ``<wiki>-<date>-sha1sums.txt`` (preferred) and
     ``<wiki>-<date>-md5sums.txt`` in the same directory. For ``<date>`` = ``latest`` an entry may name

@@ -46,7 +46,7 @@ def write_multistream(header: bytes, pages: Iterable[bytes], footer: bytes, dump
             for page in group:
                 page_id = _ID.search(page).group(1).decode()
                 title = html.unescape(_TITLE.search(page).group(1).decode("utf-8"))
-                index.write(f"{offset}:{page_id}:{title}\n".encode("utf-8"))
+                index.write(f"{offset}:{page_id}:{title}\n".encode())
             out.write(bz2.compress(b"".join(group)))
             group.clear()
 

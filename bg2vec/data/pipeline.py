@@ -26,7 +26,6 @@ import time
 import uuid
 from collections import Counter
 
-import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy, DataContext
 from ray.data.expressions import col
@@ -35,8 +34,8 @@ import bg2vec
 from bg2vec import storage
 from bg2vec.config import to_dict
 from bg2vec.data.config import PrepareConfig
-from bg2vec.data.dump_ranges import plan_ranges, read_multistream_index
 from bg2vec.data.dump_datasource import WikipediaDumpDatasource
+from bg2vec.data.dump_ranges import plan_ranges, read_multistream_index
 from bg2vec.data.dump_reader import read_siteinfo
 from bg2vec.data.output_dir import PreparedDir
 from bg2vec.data.parquet_source import ParquetFilesDatasource

@@ -23,8 +23,8 @@ from bg2vec.data.packing import BlockPacker, blocks_to_arrow
 
 SPLITS = ("train", "validation")
 PAGE_COLUMNS = ("id", "title", "text", "split", "revision_id", "categories")
-PAGES_MIN_ROWS_PER_FILE = 5_000
-DOCS_MIN_ROWS_PER_SHARD = 5_000
+PAGES_MIN_ROWS_PER_FILE = 1_000
+DOCS_MIN_ROWS_PER_SHARD = 1_000
 PAGES_PER_ROW_GROUP = 1024
 BLOCKS_PER_ROW_GROUP = 1024
 

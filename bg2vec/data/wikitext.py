@@ -23,7 +23,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from mwparserfromhell.parser import CTokenizer, ParserError, tokens as T
+from mwparserfromhell.parser import CTokenizer, ParserError
+from mwparserfromhell.parser import tokens as T
 
 from bg2vec.data import markup_spans
 from bg2vec.data.config import CleaningConfig
