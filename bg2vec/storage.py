@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import uuid
 
 import pyarrow.fs as pafs
+
+_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^/@\s\"]+@")
 
 
 def resolve(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
@@ -23,6 +26,18 @@ def is_local(uri_or_path: str) -> bool:
 def join(base: str, *parts: str) -> str:
     """Join path parts of a filesystem path (always '/', also for the local filesystem)."""
     return posixpath.join(base, *parts)
+
+
+def child(uri_or_path: str, *parts: str) -> str:
+    """``uri/part/...`` for a local path or a URI, keeping a URI's query string
+    (``?endpoint_override=...``) at the end where it belongs."""
+    base, sep, query = uri_or_path.partition("?")
+    return posixpath.join(base.rstrip("/"), *parts) + sep + query
+
+
+def redact(text: str) -> str:
+    """Hide credentials written into URIs (``s3://key:secret@bucket``) before they are logged or saved."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:

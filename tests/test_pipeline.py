@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
@@ -179,11 +181,24 @@ def test_truncated_dump_fails_cleanly_or_is_salvaged(ray_local, tmp_path, sample
     assert 10 < manifest["counts"]["pages_kept"] < SAMPLE_ARTICLES
 
 
-def test_failure_after_pages_removes_the_partial_output(ray_local, tmp_path):
+def test_a_wrong_tokenizer_fails_before_any_work(ray_local, tmp_path):
     output = tmp_path / "data"
     with pytest.raises(Bg2VecError, match="cannot load tokenizer"):
         run(output, f"tokenizer.name_or_path={tmp_path / 'no-such-tokenizer'}")
-    assert output.exists() and not any(output.iterdir())
+    assert not output.exists()
+
+
+def test_failure_after_pages_removes_the_partial_output(ray_local, tmp_path, monkeypatch, mistral_tokenizer_dir):
+    import bg2vec.data.pipeline as pipeline
+
+    def fail(*args, **kwargs):
+        assert any((tmp_path / "data" / "pages").iterdir())  # the pages were written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "_write_blocks", fail)
+    with pytest.raises(OSError, match="disk full"):
+        run(tmp_path / "data", f"tokenizer.name_or_path={mistral_tokenizer_dir}")
+    assert not any((tmp_path / "data").iterdir())
 
 
 def test_url_dump_is_downloaded_verified_and_prepared(ray_local, tmp_path, sample_xml, mistral_tokenizer_dir):
@@ -219,6 +234,35 @@ def test_output_as_uri(ray_local, tmp_path, mistral_tokenizer_dir):
     expected = load_config(PrepareConfig, str(REPO / "configs/tiny/prepare.yaml"),
                            [f"output={output}", f"tokenizer.name_or_path={mistral_tokenizer_dir}"])
     assert manifest["config"] == to_dict(expected)
+
+
+def test_dump_and_output_on_s3(ray_local, tmp_path, sample_xml):
+    """A real S3 API (moto's server): read the dump with ranged GETs, write every output there."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        fs = pafs.S3FileSystem(access_key="k", secret_key="s", endpoint_override=f"127.0.0.1:{port}",
+                               scheme="http", region="us-east-1", allow_bucket_creation=True)
+        fs.create_dir("bucket")
+        with fs.open_output_stream("bucket/dumps/bgwiki-sample.xml") as f:
+            f.write(sample_xml)
+        base = f"s3://k:s@bucket/{{}}?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        manifest = run(base.format("prepared"), f"dump={base.format('dumps/bgwiki-sample.xml')}", "range_mb=0.05")
+        assert manifest["counts"]["pages_kept"] == SAMPLE_ARTICLES and manifest["source"]["read_ranges"] == 5
+        saved = fs.open_input_stream("bucket/prepared/manifest.json").read().decode()
+        assert json.loads(saved)["counts"] == manifest["counts"]
+        assert "k:s@" not in saved and "s3://***@bucket/prepared" in saved  # credentials never saved
+        assert pq.read_table("bucket/prepared/pages", filesystem=fs).num_rows == SAMPLE_ARTICLES
+        train = pq.read_table("bucket/prepared/blocks/train", filesystem=fs)
+        assert train.num_rows == manifest["counts"]["blocks"]["train"]
+        assert fs.get_file_info("bucket/prepared/tokenizer/tokenizer.json").type == pafs.FileType.File
+    finally:
+        server.stop()
 
 
 def _job(*args, cwd=REPO):

@@ -19,28 +19,27 @@ class PreparedDir:
 
     def __init__(self, uri: str):
         # workers do not share the driver's working directory: hand them absolute locations
-        self.uri = uri.rstrip("/") if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+        self.uri = uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
         self.fs, self.base = storage.resolve(self.uri)
         self.manifest_path = storage.join(self.base, "manifest.json")
 
     @property
     def pages_uri(self) -> str:
-        return f"{self.uri}/pages"
+        return storage.child(self.uri, "pages")
 
     @property
     def blocks_uri(self) -> str:
-        return f"{self.uri}/blocks"
+        return storage.child(self.uri, "blocks")
 
-    @property
-    def tokenizer_uri(self) -> str:
-        return f"{self.uri}/tokenizer"
+    def check_free(self, overwrite: bool) -> None:
+        """Refuse to replace a complete prepared directory unless asked to."""
+        if not overwrite and storage.exists(self.fs, self.manifest_path):
+            raise Bg2VecError(f"{storage.redact(self.uri)} already holds a complete prepared dataset (manifest.json); "
+                              f"pass overwrite=true to replace it, or choose another output")
 
-    def claim(self, overwrite: bool) -> None:
-        """Make the directory ready for a new run; refuse to replace a complete one unless asked."""
+    def claim(self) -> None:
+        """Make the directory ready for a new run, removing what an earlier run left."""
         if storage.exists(self.fs, self.manifest_path):
-            if not overwrite:
-                raise Bg2VecError(f"{self.uri} already holds a complete prepared dataset (manifest.json); "
-                                  f"pass overwrite=true to replace it, or choose another output")
             self.fs.delete_file(self.manifest_path)  # first: from here on it no longer looks complete
         for sub in SUBDIRS:
             path = storage.join(self.base, sub)
@@ -69,5 +68,5 @@ class PreparedDir:
                     storage.write_bytes_atomic(self.fs, storage.join(dest, name), f.read())
 
     def write_manifest(self, manifest: dict) -> None:
-        data = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
+        data = storage.redact(json.dumps(manifest, indent=2, ensure_ascii=False)).encode("utf-8")
         storage.write_bytes_atomic(self.fs, self.manifest_path, data)

@@ -1,4 +1,4 @@
-"""Ray Data source for a known list of Parquet files: one read task per file, in small blocks.
+"""Ray Data source for a known list of Parquet files: one read task per file.
 
 The prepared directory's manifest names its files, so nothing needs listing; and unlike
 ``read_parquet`` (whose listing task always asks for a CPU), these read tasks can declare no CPU,
@@ -35,11 +35,11 @@ class ParquetFilesDatasource(Datasource):
                 for uri in self.uris]
 
 
-ROWS_PER_BLOCK = 64  # small blocks spread one big file over every actor of the next stage
+ROWS_PER_BATCH = 1024  # Ray Data re-cuts them into blocks of its target size
 
 
 def _read_file(uri: str, columns: list[str] | None) -> Iterator[pa.Table]:
     fs, path = storage.resolve(uri)
     with fs.open_input_file(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BLOCK, columns=columns):
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BATCH, columns=columns):
             yield pa.Table.from_batches([batch])

@@ -54,31 +54,36 @@ BLOCK_BYTES = 4 << 20
 
 
 def prepare(cfg: PrepareConfig) -> dict:
-    """Run the whole stage; return the manifest (also written to ``output/manifest.json``)."""
+    """Run the whole stage; return the manifest (also written to ``output/manifest.json``).
+
+    Everything that can be checked cheaply (output, tokenizer, dump format, index) is checked
+    before the output is touched and before any cluster work starts.
+    """
     started = time.time()
     out = PreparedDir(cfg.output)
-    out.claim(overwrite=cfg.overwrite)
+    out.check_free(overwrite=cfg.overwrite)
+    tc = cfg.tokenizer
+    given = load_tokenizer(tc.name_or_path, tc.revision, tc.trust_remote_code) if tc.name_or_path else None
     source = resolve_dump(cfg)
-    fs, path = storage.resolve(source.uri)
-    siteinfo = read_siteinfo(fs, path, source.codec, source.display)
-    offsets = None
-    if source.index_uri:
-        offsets = read_multistream_index(*storage.resolve(source.index_uri), source.index_uri)
-    ranges = plan_ranges(fs, path, source.codec, source.size, int(cfg.range_mb * 2**20), offsets, source.display)
-    log.info("dump %s: %s, %.1f MB, wiki %s (%s), %d read range(s)", source.display, source.codec,
-             source.size / 1e6, siteinfo.dbname, siteinfo.lang, len(ranges))
+    siteinfo, ranges = _plan_reading(cfg, source)
+    out.claim()
     init_ray(cfg.ray_address)
     workers = cfg.max_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     run_id = uuid.uuid4().hex[:8]
     try:
         with reraise_user_error(), _small_blocks():
             pages = _write_pages(cfg, source, siteinfo, ranges, out, run_id)
-            if not sum(pages["kept"].values()):
+            kept = sum(pages["kept"].values())
+            if not kept:
                 raise DumpError(f"dump {source.display}: no article was kept (skipped: "
                                 f"{dict(pages['skipped']) or 'none'}); is it a pages-articles dump?")
-            page_files = [f"{out.pages_uri}/{name}" for name in pages["files"]]
-            tokenizer, tokenizer_info = _tokenizer(cfg, out, page_files)
-            actors = min(workers, max(1, sum(pages["kept"].values()) // TOKENIZE_BATCH_DOCS))
+            page_files = [storage.child(out.pages_uri, name) for name in pages["files"]]
+            if given:
+                tokenizer, tokenizer_info = given, {"name_or_path": tc.name_or_path, "revision": tc.revision,
+                                                    "trained": False}
+            else:
+                tokenizer, tokenizer_info = _train_tokenizer(cfg, out, page_files)
+            actors = min(workers, max(1, kept // TOKENIZE_BATCH_DOCS))
             blocks = _write_blocks(cfg, tokenizer, out, page_files, run_id, actors)
         manifest = _manifest(cfg, source, siteinfo, len(ranges), pages, blocks, tokenizer_info,
                              time.time() - started)
@@ -87,6 +92,19 @@ def prepare(cfg: PrepareConfig) -> dict:
         out.discard()
         raise
     return manifest
+
+
+def _plan_reading(cfg: PrepareConfig, source) -> tuple:
+    """The dump's siteinfo (rejecting what is not a dump) and its byte ranges of whole pages."""
+    fs, path = storage.resolve(source.uri)
+    siteinfo = read_siteinfo(fs, path, source.codec, source.display)
+    offsets = None
+    if source.index_uri:
+        offsets = read_multistream_index(*storage.resolve(source.index_uri), source.index_uri)
+    ranges = plan_ranges(fs, path, source.codec, source.size, int(cfg.range_mb * 2**20), offsets, source.display)
+    log.info("dump %s: %s, %.1f MB, wiki %s (%s), %d read range(s)", source.display, source.codec,
+             source.size / 1e6, siteinfo.dbname, siteinfo.lang, len(ranges))
+    return siteinfo, ranges
 
 
 @contextlib.contextmanager
@@ -121,11 +139,8 @@ def _write_pages(cfg: PrepareConfig, source, siteinfo, ranges, out: PreparedDir,
     return totals
 
 
-def _tokenizer(cfg: PrepareConfig, out: PreparedDir, page_files: list[str]):
+def _train_tokenizer(cfg: PrepareConfig, out: PreparedDir, page_files: list[str]):
     tc = cfg.tokenizer
-    if tc.name_or_path:
-        tok = load_tokenizer(tc.name_or_path, tc.revision, tc.trust_remote_code)
-        return tok, {"name_or_path": tc.name_or_path, "revision": tc.revision, "trained": False}
     log.info("training a %d-token byte-level BPE tokenizer on the training pages", tc.train_vocab_size)
     ds = ray.data.read_datasource(ParquetFilesDatasource(page_files, ["id", "title", "text", "split"]))
     ds = ds.filter(expr=col("split") == "train").sort("id")  # same pages, same order: same tokenizer

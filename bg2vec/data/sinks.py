@@ -128,7 +128,7 @@ class BlocksDatasink(_CountingSink):
                 full = packers[split].add(tokens)
                 if len(full):
                     if split not in files:
-                        files[split] = _ParquetFile(storage.join(self.blocks_dir, split), name, schema,
+                        files[split] = _ParquetFile(storage.child(self.blocks_dir, split), name, schema,
                                                     BLOCKS_PER_ROW_GROUP)
                     files[split].write(pa.table({"input_ids": blocks_to_arrow(full)}, schema=schema))
         for f in files.values():

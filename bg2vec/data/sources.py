@@ -53,14 +53,15 @@ def resolve_dump(cfg: PrepareConfig) -> DumpSource:
             index = sibling if storage.exists(fs, path) else None
     fs, path = storage.resolve(uri)
     checksums = {"sha1": _sha1(path)} if storage.is_local(uri) else {}
-    return DumpSource(uri, cfg.dump, storage.size(fs, path), sniff_codec(fs, path, cfg.dump), index, checksums)
+    display = storage.redact(cfg.dump)
+    return DumpSource(uri, display, storage.size(fs, path), sniff_codec(fs, path, display), index, checksums)
 
 
 def _find(value: str, key: str) -> str:
     if "://" in value:
         fs, path = storage.resolve(value)
         if not storage.exists(fs, path):
-            raise DumpError(f"{key}={value} does not exist")
+            raise DumpError(f"{key}={storage.redact(value)} does not exist")
         return value
     candidates = [Path(value).expanduser()]
     if not candidates[0].is_absolute():
