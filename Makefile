@@ -19,6 +19,7 @@ test: $(STAMP)
 ## Benchmarks (printed tables; not tests).
 bench: $(STAMP)
 	$(BIN)/python bench/data_pipeline.py
+	$(BIN)/python bench/encode.py
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

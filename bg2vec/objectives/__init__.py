@@ -1,0 +1,1 @@
+"""Training objectives of the LLM2Vec recipe: MNTP and unsupervised SimCSE."""
