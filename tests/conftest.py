@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["dump_server"]  # the local HTTP dump server of the download tests
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DUMP = REPO / "bg2vec" / "resources" / "bgwiki-sample-pages-articles.xml"
 

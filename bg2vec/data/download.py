@@ -1,15 +1,15 @@
-"""Resumable, checksum-verified downloads of Wikimedia dump files (standard library only)."""
+"""Resumable, checksum-verified downloads of Wikimedia dump files (standard library only).
+
+The checksums come from :mod:`bg2vec.data.checksums`."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import os
 import posixpath
 import re
 import ssl
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from bg2vec.data.checksums import file_digest, published_checksum, sums_urls
+from bg2vec.data.http_policy import USER_AGENT, pause_before_retry
 from bg2vec.errors import DownloadError
 
 try:
@@ -24,20 +26,7 @@ try:
 except ImportError:  # not POSIX: concurrent fetches of one file are not serialised
     fcntl = None
 
-# Wikimedia asks clients to identify themselves; generic library agents may be throttled.
-USER_AGENT = (
-    "bg2vec (Bulgarian word embeddings from Wikipedia dumps) "
-    f"Python-urllib/{sys.version_info[0]}.{sys.version_info[1]}"
-)
-BACKOFF_BASE = 0.5  # seconds before the first retry; doubles per consecutive failure
-BACKOFF_CAP = 30.0
 PROGRESS_INTERVAL = 0.25  # minimum seconds between progress callbacks
-
-_HASH_CHUNK = 1 << 20
-_SUMS_ALGORITHMS = ("sha1", "md5")  # order of preference
-_DIGEST_LENGTH = {"sha1": 40, "md5": 32}
-_DUMP_NAME = re.compile(r"(?P<wiki>[^-]+)-(?P<date>\d{8}|latest)-(?P<rest>.+)")
-_HEX = re.compile(r"[0-9a-f]+")
 
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -77,9 +66,9 @@ def fetch(
     expected = None
     if verify:
         # Before any download, so an unverifiable URL fails fast instead of after hundreds of MB.
-        expected = _published_checksum(url, timeout, retries)
+        expected = published_checksum(url, timeout=timeout, retries=retries)
         if expected is None:
-            sums = ", ".join(_sums_urls(url)) or "none (not a <wiki>-<date>-<kind> dump file name)"
+            sums = ", ".join(sums_urls(url)) or "none (not a <wiki>-<date>-<kind> dump file name)"
             raise DownloadError(
                 f"No checksum is published for {url} (sums files tried: {sums}), so the download "
                 "cannot be verified. If you trust the source, set verify_download=false to download "
@@ -102,27 +91,6 @@ def fetch(
             _verify_part(part, url, expected)
         os.replace(part, final)
     return final
-
-
-def published_checksum(url: str, *, timeout: float = 60.0) -> tuple[str, str] | None:
-    """(algorithm, hexdigest) for a dumps.wikimedia.org-style file, from the sums file published
-    beside it; None if none is published.
-
-    For ``.../<wiki>-<date>-<rest>`` the sums files are ``<wiki>-<date>-sha1sums.txt`` (preferred) and
-    ``<wiki>-<date>-md5sums.txt`` in the same directory. For ``<date>`` = ``latest`` an entry may name
-    the dated file ``<wiki>-<8 digits>-<rest>``. A missing sums file, or one without an entry for the
-    file, gives None.
-    """
-    return _published_checksum(url, timeout, retries=2)
-
-
-def file_digest(path: str | os.PathLike, algorithm: str) -> str:
-    """Hex digest of the file at path, read in 1 MiB chunks."""
-    digest = hashlib.new(algorithm, usedforsecurity=False)
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- downloading -------------------------------------------------------------------------------
@@ -163,7 +131,7 @@ def _download(url: str, part: Path, *, retries: int, timeout: float, chunk_size:
                     f"Downloading {url} failed after {retries} retries: {e}.{keep} Check the network "
                     "connection and that the server is up, or allow more retries."
                 ) from None
-            time.sleep(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)))
+            pause_before_retry(failures)
         else:
             report(_size(part), report.total, final=True)
             return
@@ -269,78 +237,6 @@ def _check_existing(final: Path, url: str, expected: tuple[str, str]) -> None:
             f"{url}. It is corrupt, or the dump behind the URL has changed since (as 'latest' does); "
             f"delete {final} and re-run to download it again."
         )
-
-
-# --- checksums ---------------------------------------------------------------------------------
-
-
-def _published_checksum(url: str, timeout: float, retries: int) -> tuple[str, str] | None:
-    name = _file_name(url)
-    match = _DUMP_NAME.fullmatch(name)
-    if match is None:
-        return None
-    for algorithm, sums_url in zip(_SUMS_ALGORITHMS, _sums_urls(url)):
-        text = _get_text(sums_url, timeout, retries)
-        if text is not None and (digest := _find_entry(text, name, match, algorithm)):
-            return algorithm, digest
-    return None
-
-
-def _sums_urls(url: str) -> list[str]:
-    parts = urllib.parse.urlsplit(url)
-    match = _DUMP_NAME.fullmatch(urllib.parse.unquote(posixpath.basename(parts.path)))
-    if match is None:
-        return []
-    directory = posixpath.dirname(parts.path)
-    return [
-        urllib.parse.urlunsplit((parts.scheme, parts.netloc,
-                                 f"{directory}/{match['wiki']}-{match['date']}-{algorithm}sums.txt", "", ""))
-        for algorithm in _SUMS_ALGORITHMS
-    ]
-
-
-def _find_entry(text: str, name: str, match: re.Match, algorithm: str) -> str | None:
-    dated = None
-    if match["date"] == "latest":
-        dated = re.compile(rf"{re.escape(match['wiki'])}-(\d{{8}})-{re.escape(match['rest'])}")
-    best: tuple[str, str] | None = None  # (date, digest) of the newest dated entry
-    for line in text.splitlines():
-        fields = line.split(None, 1)
-        if len(fields) != 2:
-            continue
-        digest, entry = fields[0].lower(), posixpath.basename(fields[1].strip().lstrip("*"))
-        if len(digest) != _DIGEST_LENGTH[algorithm] or not _HEX.fullmatch(digest):
-            continue
-        if entry == name:
-            return digest
-        if dated is not None and (m := dated.fullmatch(entry)) and (best is None or m[1] > best[0]):
-            best = (m[1], digest)
-    return best[1] if best else None
-
-
-def _get_text(url: str, timeout: float, retries: int) -> str | None:
-    """Body of a small text file; None on 404/410."""
-    failures = 0
-    while True:
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.read().decode("utf-8", errors="replace")
-        except urllib.error.HTTPError as e:
-            e.close()
-            if e.code in (404, 410):
-                return None
-            if not (e.code >= 500 or e.code in (408, 429)):
-                raise DownloadError(f"Cannot read the checksum file {url}: the server answered HTTP "
-                                    f"{e.code} {e.reason}. Check the URL.") from None
-            reason: object = f"HTTP {e.code} {e.reason}"
-        except (OSError, http.client.HTTPException) as e:
-            reason = getattr(e, "reason", None) or e
-        failures += 1
-        if failures > retries:
-            raise DownloadError(f"Cannot read the checksum file {url} after {retries} retries: {reason}. "
-                                "Check the network connection and that the server is up.")
-        time.sleep(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1)))
 
 
 # --- helpers -----------------------------------------------------------------------------------

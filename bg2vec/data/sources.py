@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from bg2vec import storage
 from bg2vec.data import download
+from bg2vec.data.checksums import file_digest
 from bg2vec.data.config import PrepareConfig
 from bg2vec.data.dump_reader import sniff_codec
 from bg2vec.errors import DownloadError, DumpError
@@ -52,7 +52,7 @@ def resolve_dump(cfg: PrepareConfig) -> DumpSource:
             fs, path = storage.resolve(sibling)
             index = sibling if storage.exists(fs, path) else None
     fs, path = storage.resolve(uri)
-    checksums = {"sha1": _sha1(path)} if storage.is_local(uri) else {}
+    checksums = {"sha1": file_digest(path, "sha1")} if storage.is_local(uri) else {}
     display = storage.redact(cfg.dump)
     return DumpSource(uri, display, storage.size(fs, path), sniff_codec(fs, path, display), index, checksums)
 
@@ -96,14 +96,6 @@ def _download_index(url: str, cfg: PrepareConfig, required: bool) -> str | None:
             raise
         log.warning("no multistream index at %s (%s); the dump will be read as one stream", url, e)
         return None
-
-
-def _sha1(path: str) -> str:
-    digest = hashlib.sha1(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _ProgressLog:

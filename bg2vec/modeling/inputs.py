@@ -30,8 +30,8 @@ def build_sequences(tokenizer, texts: list[str], *, instruction: str | None, max
     if budget < 1:
         raise ValueError(f"max_length={max_length} leaves no room for text after the instruction "
                          f"({len(prefix)} tokens)")
-    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [Sequence(prefix + ids[:budget] + eos, len(prefix), len(prefix) + len(ids[:budget])) for ids in encoded]
+    kept = [ids[:budget] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    return [Sequence(prefix + ids + eos, len(prefix), len(prefix) + len(ids)) for ids in kept]
 
 
 def collate(sequences: list[Sequence], pad_id: int, device=None) -> dict[str, torch.Tensor]:
