@@ -18,7 +18,7 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     if address is None and "RAY_ADDRESS" not in os.environ:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)  # never a stray cluster
     else:
         ray.init(address=address, logging_level=logging.WARNING)
 

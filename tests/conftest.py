@@ -40,7 +40,8 @@ def ray_local():
     import ray
     from ray.data import DataContext
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    # address="local": a new Ray of our own, even when `ray start` left a cluster address behind
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
