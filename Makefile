@@ -7,9 +7,11 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test bench lock clean
 
-## Set up and run the main job on the embedded default (local Ray, the project's own sample dump).
+## Set up and run the whole pipeline on the embedded default (local Ray, the project's own sample dump,
+## a tiny model): prepare -> MNTP -> SimCSE -> evaluate, ending with the report table.
 demo: $(STAMP)
-	$(BIN)/python jobs/prepare_data.py --config configs/tiny/prepare.yaml output=runs/demo/data overwrite=true
+	rm -rf runs/demo
+	$(BIN)/python jobs/pipeline.py --preset tiny output=runs/demo
 
 ## Set up and run the tests (slow ones included: real Ray, real DeepSpeed), after the linter.
 test: $(STAMP)
@@ -20,6 +22,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/encode.py
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/replicate.py
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -182,6 +182,11 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         return _fail(value, "a number", key, where)
     if origin is list:
         if isinstance(value, str) or not isinstance(value, Sequence):

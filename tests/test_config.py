@@ -12,11 +12,15 @@ import pytest
 from bg2vec.config import describe, field_docs, load_config
 from bg2vec.data.config import CleaningConfig, PrepareConfig, TokenizerConfig
 from bg2vec.errors import ConfigError
+from bg2vec.evaluation.config import EvaluateConfig
+from bg2vec.training.config import MNTPConfig, SimCSEConfig
+from bg2vec.tuning import TuneConfig
 from conftest import REPO
 
 # Every YAML under configs/<preset>/ is named after its stage; a new stage registers its class here.
-STAGE_CONFIGS = {"prepare": PrepareConfig}
-REQUIRED_OVERRIDES = {"prepare": ["output=/tmp/out"]}
+STAGE_CONFIGS = {"prepare": PrepareConfig, "mntp": MNTPConfig, "simcse": SimCSEConfig, "evaluate": EvaluateConfig,
+                 "tune": TuneConfig}
+REQUIRED_OVERRIDES = {"prepare": ["output=/tmp/out"], "mntp": [], "simcse": [], "evaluate": [], "tune": []}
 
 
 @pytest.mark.parametrize("path", sorted(REPO.glob("configs/*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -27,8 +31,9 @@ def test_every_preset_loads(path):
     assert isinstance(cfg, cls)
 
 
-def test_presets_cover_tiny_and_bggpt():
-    presets = {p.parent.name for p in REPO.glob("configs/*/prepare.yaml")}
+@pytest.mark.parametrize("stage", ["prepare", "mntp", "simcse"])
+def test_presets_cover_tiny_and_bggpt(stage):
+    presets = {p.parent.name for p in REPO.glob(f"configs/*/{stage}.yaml")}
     assert {"tiny", "bggpt-7b", "bggpt-gemma2-9b"} <= presets
 
 
@@ -42,6 +47,7 @@ def test_overrides_are_converted_by_field_type(tmp_path):
     assert cfg.cleaning.min_text_chars == 5
     assert cfg.cleaning.drop_sections == ["Източници", "See also"]
     assert cfg.tokenizer.name_or_path is None and cfg.max_workers == 3 and cfg.range_mb == 0.5
+    assert load_config(PrepareConfig, None, ["dump=d", "output=o", "range_mb=5e-1"]).range_mb == 0.5
     assert cfg.tokenizer.train_vocab_size == TokenizerConfig().train_vocab_size  # untouched default
 
 

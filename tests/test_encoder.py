@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from copy import deepcopy
 
 import numpy as np
 import pytest
@@ -147,6 +148,7 @@ def test_trained_directory_round_trip(base_dir, tokenizer, tmp_path):
     # stage 1 (MNTP) adapter, merged; stage 2 (SimCSE) adapter on top of the merged model
     first = lora(AutoModel.from_pretrained(base_dir), seed=1)
     first.save_pretrained(trained / "stages" / "mntp")
+    mntp_reference = make_bidirectional(deepcopy(first).merge_and_unload()).eval()
     second = lora(first.merge_and_unload(), seed=2)
     second.save_pretrained(trained)
     reference = make_bidirectional(second.merge_and_unload()).eval()
@@ -163,6 +165,14 @@ def test_trained_directory_round_trip(base_dir, tokenizer, tmp_path):
         np.testing.assert_allclose(encoder.encode([text], normalize=False)[0],
                                    manual_mean(reference, tokenizer, text).numpy(), atol=1e-5)
     assert not np.allclose(encoder.encode(TEXTS), Bg2Vec.from_pretrained(base_dir).encode(TEXTS), atol=1e-3)
+    # up_to_stage: the MNTP encoder inside the SimCSE directory (a view: it refuses to be saved as the whole)
+    mntp_only = Bg2Vec.from_pretrained(trained, up_to_stage="mntp")
+    np.testing.assert_allclose(mntp_only.encode(TEXTS[:1], normalize=False)[0],
+                               manual_mean(mntp_reference, tokenizer, TEXTS[0]).numpy(), atol=1e-5)
+    with pytest.raises(Bg2VecError, match="cannot be saved"):
+        mntp_only.save(tmp_path / "view")
+    with pytest.raises(Bg2VecError, match="up_to_stage='tune' is not one of them"):
+        Bg2Vec.from_pretrained(trained, up_to_stage="tune")
     # peft itself reads the top adapter
     assert isinstance(PeftModel.from_pretrained(AutoModel.from_pretrained(base_dir), trained), PeftModel)
     # save() copies the adapters: the copy encodes identically

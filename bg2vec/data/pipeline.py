@@ -221,7 +221,7 @@ def load_manifest(directory: str) -> dict:
     fs, base = storage.resolve(directory)
     path = storage.join(base, "manifest.json")
     if not storage.exists(fs, path):
-        raise Bg2VecError(f"{directory} is not a complete prepared dataset (no manifest.json): run "
-                          f"jobs/prepare_data.py with output={directory} first")
+        raise Bg2VecError(f"data={storage.redact(directory)} is not a prepared data directory (no manifest.json): "
+                          f"run jobs/prepare_data.py first, or wait until it has finished")
     with fs.open_input_stream(path) as f:
         return json.loads(f.read())

@@ -71,12 +71,15 @@ class Bg2Vec:
     def from_pretrained(cls, name_or_path: str | Path, *, pooling: str | None = None, max_length: int | None = None,
                         bidirectional: bool | None = None, torch_dtype=None, dtype=None,
                         attn_implementation: str | None = None, device_map=None, device=None,
-                        trust_remote_code: bool = False, revision: str | None = None) -> Bg2Vec:
+                        trust_remote_code: bool = False, revision: str | None = None,
+                        up_to_stage: str | None = None) -> Bg2Vec:
         """A base LLM (hub id or path) or a trained bg2vec directory.
 
         For a base LLM the defaults are the LLM2Vec recipe (bidirectional, mean pooling); pass
         ``bidirectional=False, pooling="last"`` for the usual causal baseline. For a trained
-        directory the settings come from its ``bg2vec_config.json`` unless overridden here.
+        directory the settings come from its ``bg2vec_config.json`` unless overridden here;
+        ``up_to_stage="mntp"`` applies the stages up to that one only (the MNTP encoder inside a
+        SimCSE directory, for comparisons).
         """
         path = Path(name_or_path)
         trained = (path / CONFIG_NAME).is_file()
@@ -87,9 +90,17 @@ class Bg2Vec:
                 raise Bg2VecError(f"{path / CONFIG_NAME} is not a {FORMAT} file (format {saved.get('format')!r}, "
                                   f"unknown keys {sorted(unknown)}); was it written by a newer bg2vec?")
             config = EncoderConfig(**saved)
+            if up_to_stage is not None:
+                names = [stage["name"] for stage in config.stages]
+                if up_to_stage not in names:
+                    raise Bg2VecError(f"{path} has stages {names}; up_to_stage={up_to_stage!r} is not one of them")
+                config.stages = config.stages[:names.index(up_to_stage) + 1]
             base, revision = config.base_model, config.base_revision
             if (path / base).is_dir():  # a base shipped inside the directory (the tiny presets)
                 base = str(path / base)
+        elif up_to_stage is not None:
+            raise Bg2VecError(f"up_to_stage={up_to_stage!r} needs a trained bg2vec directory; {path} has no "
+                              f"{CONFIG_NAME}")
         else:
             config, base = None, str(name_or_path)
         dtype = dtype or torch_dtype or (torch.bfloat16 if torch.cuda.is_available() and device != "cpu"
@@ -110,7 +121,8 @@ class Bg2Vec:
             model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         overrides = {k: v for k, v in (("pooling", pooling), ("max_length", max_length),
                                        ("bidirectional", bidirectional)) if v is not None}
-        return cls(model, tokenizer, dataclasses.replace(config, **overrides), source=path if trained else None)
+        source = path if trained and up_to_stage is None else None  # a view of some stages is not saved as a copy
+        return cls(model, tokenizer, dataclasses.replace(config, **overrides), source=source)
 
     @property
     def dimension(self) -> int:
@@ -151,6 +163,9 @@ class Bg2Vec:
 
     def save(self, directory: str | Path) -> None:
         """Write the directory layout of the contract (safetensors only; adapters loadable by peft)."""
+        if self._source is None and self.config.stages:
+            raise Bg2VecError("an encoder loaded with up_to_stage= is a view of a trained directory and cannot be "
+                              "saved; save (or copy) the directory it came from")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self._source is not None and self._source.resolve() != directory.resolve():

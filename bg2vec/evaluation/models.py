@@ -1,0 +1,87 @@
+"""The encoders an evaluation compares: the trained model, its baselines, and other encoders.
+
+Baselines of a trained directory (the LLM2Vec paper's comparison), all from the same base LLM:
+
+- ``causal-last``: causal attention, last-token pooling (how a decoder is usually used as an encoder)
+- ``causal-mean``: causal attention, mean pooling
+- ``bidirectional``: bidirectional attention, mean pooling, no training
+- one entry per training stage, cumulative: ``mntp`` (the MNTP adapter only), ``simcse`` (MNTP + SimCSE)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from bg2vec.errors import Bg2VecError
+from bg2vec.modeling.encoder import CONFIG_NAME
+
+BASE_BASELINES = {"causal-last": (False, "last"), "causal-mean": (False, "mean"), "bidirectional": (True, "mean")}
+STAGE_LABELS = {"mntp": "MNTP", "simcse": "SimCSE"}
+
+
+@dataclass
+class ModelSpec:
+    """An encoder to evaluate."""
+
+    name: str
+    """Its name in the report."""
+    path: str
+    """A bg2vec directory, a base LLM (hub id or folder), or a sentence-transformers model folder."""
+    kind: Literal["bg2vec", "sentence-transformers"] = "bg2vec"
+    """How to load it."""
+    bidirectional: bool | None = None
+    """bg2vec only: override the attention direction."""
+    pooling: str | None = None
+    """bg2vec only: override the pooling (mean, weighted_mean, last, bos)."""
+    up_to_stage: str | None = None
+    """bg2vec only: apply the training stages up to this one (e.g. mntp)."""
+
+
+def baselines_of(model: str, wanted: list[str]) -> list[ModelSpec]:
+    """The specs of ``wanted`` (names from BASE_BASELINES, stage names, or "all") for ``model``."""
+    path = Path(model)
+    stages, base = [], model
+    if (path / CONFIG_NAME).is_file():
+        config = json.loads((path / CONFIG_NAME).read_text())
+        stages = [s["name"] for s in config["stages"]]
+        base = str(path / config["base_model"]) if (path / config["base_model"]).is_dir() else config["base_model"]
+    known = [*BASE_BASELINES, *stages]
+    chosen = known if "all" in wanted else wanted
+    unknown = [w for w in chosen if w not in known]
+    if unknown:
+        raise Bg2VecError(f"baselines {unknown} are not available for {model}: choose from {known} or 'all'")
+    specs = []
+    for name in chosen:
+        if name in BASE_BASELINES:
+            bidirectional, pooling = BASE_BASELINES[name]
+            specs.append(ModelSpec(f"base: {name}", base, bidirectional=bidirectional, pooling=pooling))
+        else:
+            label = " + ".join(STAGE_LABELS.get(s, s) for s in stages[:stages.index(name) + 1])  # MNTP + SimCSE
+            up_to = None if name == stages[-1] else name
+            specs.append(ModelSpec(label, model, up_to_stage=up_to))
+    return specs
+
+
+def load_encoder(spec: ModelSpec, *, batch_size: int, max_length: int | None, device: str | None
+                 ) -> Callable[[list[str]], np.ndarray]:
+    """``encode(texts) -> [n, d] float32`` for ``spec``."""
+    if spec.kind == "sentence-transformers":
+        from sentence_transformers import SentenceTransformer
+
+        if not Path(spec.path).is_dir():
+            raise Bg2VecError(f"model {spec.name}: {spec.path} is not a sentence-transformers model folder")
+        model = SentenceTransformer(spec.path, device=device or "cpu", local_files_only=True)
+        if max_length is not None:
+            model.max_seq_length = max_length
+        return lambda texts: model.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+    from bg2vec.modeling.encoder import Bg2Vec
+
+    encoder = Bg2Vec.from_pretrained(spec.path, bidirectional=spec.bidirectional, pooling=spec.pooling,
+                                     max_length=max_length, device=device, up_to_stage=spec.up_to_stage)
+    return lambda texts: encoder.encode(texts, batch_size=batch_size)

@@ -1,0 +1,106 @@
+"""The driver side of a training stage: check the inputs, build the TorchTrainer, run it, report.
+
+Nothing heavy happens here: the driver never loads the model; it resolves where things are
+(tokenizer, base model, run directory) and hands them to the workers in ``train_loop_config``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+from bg2vec.config import to_dict
+from bg2vec.data.pipeline import load_manifest
+from bg2vec.errors import Bg2VecError
+from bg2vec.modeling.encoder import CONFIG_NAME
+from bg2vec.ray_utils import init_ray, reraise_user_error
+from bg2vec.storage import child, exists, is_local, redact, resolve
+from bg2vec.training.config import MNTPConfig, TrainConfig
+from bg2vec.training.data import block_datasets, dev_dataset, fits_in_memory, text_datasets
+from bg2vec.training.output import output_state, take_failure
+
+
+def run_stage(cfg: TrainConfig, callbacks: Sequence = ()) -> dict:
+    """Train one stage; returns the final metrics (step, samples, loss, ...) and where things are.
+
+    ``callbacks``: Ray Train callbacks for the run (a Tune trial passes its TuneReportCallback). In a
+    Tune trial Ray is already running and the run joins it."""
+    stage = "mntp" if isinstance(cfg, MNTPConfig) else "simcse"
+    manifest = load_manifest(cfg.data)
+    state = output_state(cfg.output)
+    if state != "missing" and not cfg.overwrite:
+        what = "a trained model" if state == "complete" else "files"
+        raise Bg2VecError(f"output {redact(cfg.output)} already holds {what}; choose another output= or pass "
+                          f"overwrite=true")
+    resolved = {"stage": stage, "cfg": to_dict(cfg), "seq_len": manifest["seq_len"]}
+    if stage == "mntp":
+        resolved["tokenizer"] = (child(cfg.data, "tokenizer") if manifest["tokenizer"].get("trained")
+                                 else manifest["tokenizer"]["name_or_path"])
+        resolved["base"] = cfg.model.name_or_path
+    else:
+        mntp = _read_mntp(cfg.mntp)
+        resolved["tokenizer"] = resolved["mntp"] = cfg.mntp
+        resolved["mntp_config"] = mntp  # read once here; the workers' output names its stages
+        base = mntp["base_model"]
+        fs, path = resolve(cfg.mntp)
+        resolved["base"] = child(cfg.mntp, base) if exists(fs, f"{path}/{base}") else base
+    storage = cfg.run.storage_path or f"{cfg.output.rstrip('/')}.runs"
+    if is_local(storage):
+        storage = os.path.abspath(os.path.expanduser(storage))
+    name = cfg.run.name or stage
+    run_dir = child(storage, name)
+    take_failure(run_dir)  # a stale one, from an earlier run of this name that hit a NaN
+    resolved |= {"run_name": name, "run_dir": run_dir,
+                 "tensorboard": child(run_dir, "tensorboard") if _tensorboard_ok(storage) else None}
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from bg2vec.training.loop import train_loop_per_worker
+
+    init_ray(cfg.run.ray_address)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False  # the training loop reports progress
+    small = fits_in_memory(manifest, stage)
+    datasets = (block_datasets(cfg.data, manifest, cfg.seed, small) if stage == "mntp" else
+                text_datasets(cfg.data, manifest, cfg.seed, cfg.text_unit, cfg.min_chars, small))
+    if cfg.run.dev_blocks:
+        datasets["dev"] = dev_dataset(cfg.data, manifest, cfg.run.dev_blocks, cfg.scaling.num_workers)
+    resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if cfg.scaling.use_gpu else {})
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=resolved, datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "validation"]),  # dev: whole, everywhere
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                               resources_per_worker=resources,
+                                               accelerator_type=cfg.scaling.accelerator_type),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage, callbacks=list(callbacks),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)))
+    with reraise_user_error():
+        result = trainer.fit()
+    failure = take_failure(run_dir)
+    if failure is not None:
+        last = result.checkpoint.path if result.checkpoint else "none"
+        raise Bg2VecError(f"{stage}: {failure}; last checkpoint: {last}")
+    return {"stage": stage, "output": cfg.output, "run_dir": run_dir, "metrics": dict(result.metrics or {}),
+            "checkpoint": result.checkpoint.path if result.checkpoint else None}
+
+
+def _read_mntp(mntp: str) -> dict:
+    fs, path = resolve(mntp)
+    if not exists(fs, f"{path}/{CONFIG_NAME}"):
+        raise Bg2VecError(f"mntp={redact(mntp)} is not a trained MNTP directory (no {CONFIG_NAME}): run "
+                          f"jobs/mntp.py first")
+    with fs.open_input_stream(f"{path}/{CONFIG_NAME}") as f:
+        config = json.loads(f.read())
+    if not config.get("stages") or config["stages"][-1]["name"] != "mntp":
+        raise Bg2VecError(f"mntp={redact(mntp)}: its last stage is "
+                          f"{(config.get('stages') or [{'name': 'none'}])[-1]['name']!r}, not 'mntp'")
+    return config
+
+
+def _tensorboard_ok(storage: str) -> bool:
+    return is_local(storage) or storage.startswith("s3://")  # what tensorboardX can write to

@@ -1,0 +1,398 @@
+"""The Ray Train worker loop shared by MNTP and SimCSE, in three parts: setup, train, save.
+
+Every setting arrives through ``train_loop_config`` (the stage's typed config as a dict plus what
+the driver resolved: tokenizer, base model, run directory). Each worker streams its own disjoint
+shard of the data, DeepSpeed (ZeRO-3 by default) shards the model, and every
+``run.checkpoint_every`` steps all ranks write the DeepSpeed checkpoint (adapters, optimizer,
+scheduler, and the position in the data) into one Ray checkpoint. Randomness (masking, dropout,
+shuffling) is derived from (seed, step, rank), so a resumed run draws exactly what the
+uninterrupted run would have drawn, with no RNG state to carry.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from bg2vec.config import from_dict
+from bg2vec.errors import Bg2VecError
+from bg2vec.modeling.bidirectional import family_of
+from bg2vec.modeling.dropout import set_dropout
+from bg2vec.modeling.encoder import EncoderConfig, write_encoder_files
+from bg2vec.modeling.pooling import pool
+from bg2vec.objectives.mntp import MNTPMasker, add_mask_token, mask_token_id, mntp_loss_and_accuracy
+from bg2vec.objectives.simcse import distributed_simcse_loss
+from bg2vec.training.adapters import gathered_lora_state, save_adapter
+from bg2vec.training.config import TINY_PREFIX, MNTPConfig, SimCSEConfig, TrainConfig
+from bg2vec.training.data import TextCollator, blocks_collate
+from bg2vec.training.deepspeed_config import deepspeed_config
+from bg2vec.training.dev_score import continuation_mrr, halves
+from bg2vec.training.metrics import MetricsSink
+from bg2vec.training.model import (
+    add_lora,
+    gather_for_write,
+    load_base,
+    merge_adapter,
+    prepare_for_training,
+    torch_dtype,
+)
+from bg2vec.training.output import localize, publish_dir, write_failure
+
+CHECKPOINT_TAG = "deepspeed"
+TINY_BASE_DIR = "base_model"  # where a tiny:<family> base is saved inside an output directory
+STAGES = {"mntp": MNTPConfig, "simcse": SimCSEConfig}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    recipe = StageRecipe(config)
+    recipe.setup()
+    recipe.train()
+    if recipe.failure is None:
+        recipe.save()
+    elif recipe.rank == 0:  # not raised: Ray Train would retry the run and meet the same loss again
+        write_failure(config["run_dir"], recipe.failure)
+
+
+def derived_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+class StageRecipe:
+    def __init__(self, config: dict):
+        import ray.train
+
+        self.stage: str = config["stage"]
+        self.cfg: TrainConfig = from_dict(STAGES[self.stage], config["cfg"], where=f"{self.stage} config")
+        self.resolved = config
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.state = {"step": 0, "samples": 0, "tokens": 0, "epoch": 0, "batch_in_epoch": 0}
+        self.failure: str | None = None
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        import deepspeed
+        import ray.train
+        import ray.train.torch
+        from transformers import AutoTokenizer, get_scheduler
+
+        cfg = self.cfg
+        self.device = ray.train.torch.get_device()
+        if cfg.scaling.use_gpu:
+            torch.cuda.set_device(self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(localize(self.resolved["tokenizer"]),
+                                                       trust_remote_code=cfg.model.trust_remote_code)
+        dtype = torch_dtype(cfg.model, cfg.scaling.use_gpu)
+        ds_config = deepspeed_config(cfg, bf16=dtype == torch.bfloat16)
+        deepspeed.init_distributed(dist_init_required=False)  # over Ray Train's process group: world size
+        base = self.resolved["base"]
+        self._hf_ds = None
+        if cfg.zero_stage == 3 and not base.startswith(TINY_PREFIX):
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds = HfDeepSpeedConfig(ds_config)  # from_pretrained now shards while loading
+
+        if self.stage == "mntp":
+            model = load_base(cfg.model, causal_lm=True, tokenizer=self.tokenizer, dtype=dtype, seed=cfg.seed,
+                              base_path=None if base.startswith(TINY_PREFIX) else localize(base))
+            self._save_tiny_base(model)
+            if cfg.mask_token == "mask":
+                add_mask_token(model, self.tokenizer, gather_for_write)
+            self.masker = MNTPMasker(mask_token_id(self.tokenizer, cfg.mask_token), len(self.tokenizer),
+                                     tuple(self.tokenizer.all_special_ids), cfg.mask_ratio, cfg.mask_strategy)
+            self.collate = blocks_collate
+        else:
+            self.mntp_dir = Path(localize(self.resolved["mntp"]))
+            model = load_base(cfg.model, causal_lm=False, tokenizer=self.tokenizer, dtype=dtype, seed=cfg.seed,
+                              base_path=localize(base))
+            model = merge_adapter(model, self.mntp_dir)
+            set_dropout(model, cfg.attention_dropout, cfg.hidden_dropout)
+            self.collate = TextCollator(self.tokenizer, cfg.max_length, cfg.pooling)
+        self.family = family_of(model)
+        model = add_lora(prepare_for_training(model, cfg.model), cfg.lora)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = None
+        if not cfg.offload_optimizer:
+            optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                          weight_decay=cfg.optim.weight_decay)
+        schedule = {"constant": "constant_with_warmup"}.get(cfg.optim.schedule, cfg.optim.schedule)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, model_parameters=trainable, config=ds_config, dist_init_required=False,
+            lr_scheduler=lambda opt: get_scheduler(schedule, opt, num_warmup_steps=cfg.optim.warmup_steps,
+                                                   num_training_steps=cfg.max_steps))
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.validation_shard = ray.train.get_dataset_shard("validation")
+        self.dev_blocks = self._dev_blocks()
+        self.sink = None
+        if self.rank == 0:
+            self.sink = MetricsSink(self.stage, cfg.max_steps, self.resolved.get("tensorboard"),
+                                    cfg.run.mlflow_tracking_uri, self.resolved["run_name"],
+                                    {"stage": self.stage, "workers": self.world, **_flat(self.resolved["cfg"])})
+        self._restore()
+
+    def _dev_blocks(self) -> torch.Tensor | None:
+        """This rank's equal share of the dev blocks (every rank receives them all, numbered)."""
+        if not self.cfg.run.dev_blocks:
+            return None
+        import ray.train
+
+        batches = list(ray.train.get_dataset_shard("dev").iter_batches(batch_size=None, batch_format="numpy"))
+        index = np.concatenate([b["index"] for b in batches])
+        blocks = np.concatenate([np.stack(b["input_ids"]) for b in batches])[np.argsort(index)]
+        return torch.from_numpy(blocks[self.rank::self.world].astype(np.int64))
+
+    def _save_tiny_base(self, model) -> None:
+        """tiny:<family> bases exist nowhere else: rank 0 keeps the initial weights for the output."""
+        self.tiny_base = None
+        if self.resolved["base"].startswith(TINY_PREFIX) and self.rank == 0:
+            self.tiny_base = Path(tempfile.mkdtemp(prefix="bg2vec-tiny-base-"))
+            model.save_pretrained(self.tiny_base)
+            self.tokenizer.save_pretrained(self.tiny_base)  # a complete model folder of its own
+
+    def _restore(self) -> None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as directory:
+            path, client_state = self.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG, load_module_strict=False)
+        if path is None or "bg2vec" not in client_state:
+            raise Bg2VecError(f"the checkpoint {checkpoint.path} has no DeepSpeed state under tag {CHECKPOINT_TAG!r}")
+        self.state = dict(client_state["bg2vec"])
+        if self.rank == 0:
+            print(f"[{self.stage}] resumed from {checkpoint.path} at step {self.state['step']} "
+                  f"({self.state['samples']} samples seen)", flush=True)
+
+    # ---------------------------------------------------------------- train
+    def train(self) -> None:
+        cfg, state = self.cfg, self.state
+        accumulation = cfg.gradient_accumulation
+        batches = self._batches()
+        window = torch.zeros(4, dtype=torch.float64)  # loss sum, accuracy sum, micro-batches, tokens
+        if state["step"] == 0 and cfg.run.eval_every:
+            # the untrained model on the same validation batches: what every later val_loss is compared with
+            metrics = {**self._validate(), **self._dev_score()}
+            if self.sink is not None and metrics:
+                self.sink.write(0, metrics)
+        started = time.perf_counter()
+        self.engine.train()
+        while state["step"] < cfg.max_steps:
+            step = state["step"]
+            for micro in range(accumulation):
+                batch = next(batches)
+                loss, accuracy, tokens = self._forward(batch, derived_seed(cfg.seed, step, micro, self.rank))
+                self.failure = self._nonfinite(loss, step)
+                if self.failure is not None:
+                    return
+                # SimCSE: the loss is already the global-batch loss on every rank and DeepSpeed
+                # averages gradients over ranks, so scale by the world size (see objectives.simcse)
+                self.engine.backward(loss * self.world if self.stage == "simcse" else loss)
+                self.engine.step()
+                window += torch.tensor([loss.item(), accuracy.item(), 1.0, tokens], dtype=torch.float64)
+            state["step"] += 1
+            state["samples"] += cfg.global_batch_size
+            step = state["step"]
+            last = step == cfg.max_steps
+            metrics = None
+            if step % cfg.run.log_every == 0 or last:
+                metrics = self._window_metrics(window, time.perf_counter() - started)
+                window.zero_()
+                started = time.perf_counter()
+            if (cfg.run.eval_every and step % cfg.run.eval_every == 0) or last:
+                metrics = {**(metrics or {}), **self._validate(), **self._dev_score()}
+            if metrics is not None and self.sink is not None:
+                self.sink.write(step, metrics)
+            if step % cfg.run.checkpoint_every == 0 or last:
+                self._checkpoint(metrics or {})
+            elif metrics is not None:
+                import ray.train
+
+                ray.train.report(self._report(metrics))
+
+    def _forward(self, batch: dict, seed: int, training: bool = True):
+        """(loss, accuracy, real tokens) of one micro-batch; ``seed`` fixes masking and dropout."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        torch.manual_seed(seed)  # dropout (LoRA's, SimCSE's) on every device
+        if self.stage == "mntp":
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            inputs, labels = self.masker(batch["input_ids"], generator)
+            logits = self.engine(input_ids=inputs).logits  # full blocks: no padding, no mask needed
+            loss, accuracy = mntp_loss_and_accuracy(logits, labels)
+            return loss, accuracy, batch["input_ids"].numel()
+        # SimCSE: both views in one forward pass (dropout differs per row), then split
+        doubled = {k: torch.cat([v, v]) for k, v in batch.items()}
+        hidden = self.engine(input_ids=doubled["input_ids"], attention_mask=doubled["attention_mask"],
+                             position_ids=doubled["position_ids"]).last_hidden_state
+        pooled = pool(hidden, doubled["attention_mask"], doubled["embed_mask"], self.cfg.pooling)
+        a, b = pooled.chunk(2)
+        loss, accuracy = distributed_simcse_loss(a, b, self.cfg.temperature)
+        return loss, accuracy, int(doubled["attention_mask"].sum())
+
+    def _batches(self):
+        """This worker's micro-batches, epoch after epoch, starting where the checkpoint left off."""
+        cfg, state = self.cfg, self.state
+        while True:
+            seen = 0
+            for batch in self.train_shard.iter_torch_batches(
+                    batch_size=cfg.micro_batch, drop_last=True, collate_fn=self.collate,
+                    local_shuffle_buffer_size=max(4 * cfg.micro_batch, 256),
+                    local_shuffle_seed=derived_seed(cfg.seed, state["epoch"], self.rank)):
+                seen += 1
+                if seen <= state["batch_in_epoch"]:
+                    continue  # consumed before the checkpoint this run resumed from
+                state["batch_in_epoch"] = seen
+                yield batch
+            if seen == 0:
+                raise Bg2VecError(f"worker {self.rank}'s share of the training data is smaller than one batch of "
+                                  f"{cfg.micro_batch}: prepare more data or lower global_batch_size/micro_batch_size")
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+
+    def _nonfinite(self, loss: torch.Tensor, step: int) -> str | None:
+        """A message when any worker's loss is NaN/inf (agreed by all ranks, so all stop together)."""
+        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(bad)
+        if not bad.item():
+            return None
+        return (f"the {self.stage} loss became {loss.item()} at step {step + 1} (on {int(bad.item())} worker(s)); "
+                f"the run stopped and kept its last good checkpoint. Lower optim.lr, raise optim.warmup_steps, "
+                f"or check the data")
+
+    def _window_metrics(self, window: torch.Tensor, seconds: float) -> dict[str, float]:
+        total = window.to(self.device)
+        if dist.is_initialized():
+            dist.all_reduce(total)
+        loss_sum, accuracy_sum, micro, tokens = total.tolist()
+        metrics = {"loss": loss_sum / micro, "accuracy": accuracy_sum / micro,
+                   "lr": float(self.scheduler.get_last_lr()[0]),
+                   "tokens_per_s": tokens / seconds, "samples_per_s": micro * self.cfg.micro_batch / seconds}
+        self.state["tokens"] += int(tokens)
+        if torch.cuda.is_available() and self.cfg.scaling.use_gpu:
+            metrics["gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return metrics
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        """Loss and accuracy on up to run.eval_batches validation batches per worker. MNTP runs in
+        eval mode; SimCSE keeps dropout on, since the noise is what makes its two views differ."""
+        if self.stage == "mntp":
+            self.engine.eval()
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for i, batch in enumerate(self.validation_shard.iter_torch_batches(
+                batch_size=self.cfg.micro_batch, drop_last=True, collate_fn=self.collate)):
+            if i >= self.cfg.run.eval_batches:
+                break
+            loss, accuracy, _ = self._forward(batch, derived_seed(self.cfg.seed, 2**31, i, self.rank))
+            total += torch.tensor([loss.item(), accuracy.item(), 1.0], dtype=torch.float64, device=self.device)
+        self.engine.train()
+        if dist.is_initialized():
+            dist.all_reduce(total)
+        loss_sum, accuracy_sum, batches = total.tolist()
+        if not batches:
+            return {}
+        return {"val_loss": loss_sum / batches, "val_accuracy": accuracy_sum / batches}
+
+    @torch.no_grad()
+    def _dev_score(self) -> dict[str, float]:
+        """Continuation retrieval on the dev blocks (bg2vec.training.dev_score), the same in both
+        stages: eval mode (no dropout), every rank embeds its share, the score is over all of them."""
+        if self.dev_blocks is None:
+            return {}
+        self.engine.eval()
+        embedded = []
+        for blocks in self.dev_blocks.split(self.cfg.micro_batch):
+            parts = halves(blocks).to(self.device)  # first halves, then second halves: one forward pass
+            if self.stage == "mntp":  # a causal LM: its final (normed) hidden states; one position of logits
+                hidden = self.engine(input_ids=parts, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+            else:
+                hidden = self.engine(input_ids=parts).last_hidden_state
+            ones = torch.ones_like(parts)
+            embedded.append(pool(hidden, ones, ones, "mean").float().unflatten(0, (2, -1)))
+        self.engine.train()
+        mine = torch.cat(embedded, dim=1)  # [2, blocks of this rank, H]
+        if dist.is_initialized():
+            gathered = [torch.empty_like(mine) for _ in range(self.world)]
+            dist.all_gather(gathered, mine)
+            mine = torch.cat(gathered, dim=1)
+        return {"dev_score": continuation_mrr(mine[0], mine[1])}
+
+    def _report(self, metrics: dict[str, float]) -> dict:
+        return {**metrics, "step": self.state["step"], "samples": self.state["samples"],
+                "epoch": self.state["epoch"]}
+
+    def _checkpoint(self, metrics: dict[str, float]) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory(prefix="bg2vec-ckpt-") as directory:
+            self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"bg2vec": dict(self.state)},
+                                        exclude_frozen_parameters=True)
+            ray.train.report(self._report(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=f"checkpoint_{self.state['step']:07d}")
+
+    # ---------------------------------------------------------------- save
+    def save(self) -> None:
+        """The contract's model directory: adapter (gathered from all shards), tokenizer, config."""
+        cfg = self.cfg
+        state = gathered_lora_state(self.engine.module)  # collective: every rank
+        if self.rank == 0:
+            staging = Path(tempfile.mkdtemp(prefix="bg2vec-output-"))
+            try:
+                self._write_output(state, staging)
+                publish_dir(staging, cfg.output)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            print(f"[{self.stage}] wrote {cfg.output}", flush=True)
+            self.sink.close()
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _write_output(self, state: dict, staging: Path) -> None:
+        cfg = self.cfg
+        hyper = {"steps": cfg.max_steps, "global_batch_size": cfg.global_batch_size, "lr": cfg.optim.lr,
+                 "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha}
+        if self.stage == "mntp":
+            base, stages = self.resolved["base"], []
+            if self.tiny_base is not None:
+                shutil.copytree(self.tiny_base, staging / TINY_BASE_DIR)
+                base = TINY_BASE_DIR
+            hyper |= {"mask_ratio": cfg.mask_ratio, "mask_token": cfg.mask_token, "mask_strategy": cfg.mask_strategy,
+                      "seq_len": self.resolved["seq_len"]}
+            pooling, max_length = "mean", 512
+        else:
+            mntp_config = EncoderConfig(**self.resolved["mntp_config"])
+            base = mntp_config.base_model
+            if not Path(base).is_absolute() and (self.mntp_dir / base).is_dir():  # a base shipped inside
+                shutil.copytree(self.mntp_dir / base, staging / base)
+            stages = [dict(s, adapter=f"stages/{s['name']}") for s in mntp_config.stages]
+            for s in mntp_config.stages:
+                source = self.mntp_dir / s["adapter"]
+                (staging / "stages" / s["name"]).mkdir(parents=True)
+                for name in ("adapter_config.json", "adapter_model.safetensors"):
+                    shutil.copy2(source / name, staging / "stages" / s["name"] / name)
+            hyper |= {"temperature": cfg.temperature, "attention_dropout": cfg.attention_dropout,
+                      "hidden_dropout": cfg.hidden_dropout, "text_unit": cfg.text_unit, "max_length": cfg.max_length}
+            pooling, max_length = cfg.pooling, cfg.encoder_max_length
+        save_adapter(state, cfg.lora, base, staging)
+        stages.append({"name": self.stage, "adapter": ".", "hyperparameters": hyper})
+        write_encoder_files(staging, self.tokenizer, EncoderConfig(
+            base_model=base, family=self.family, bidirectional=True, pooling=pooling, max_length=max_length,
+            stages=stages, base_revision=cfg.model.revision if self.stage == "mntp" else None))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+

@@ -1,0 +1,96 @@
+"""Building the model each training worker trains: base LLM, bidirectional, (merged MNTP), LoRA.
+
+With ZeRO-3 a Hugging Face model is sharded while it loads (transformers' DeepSpeed integration
+runs ``from_pretrained`` under ``deepspeed.zero.Init``), so no worker holds the whole model in
+memory; every later write to a sharded weight (the MNTP merge, a new mask token) happens inside
+``GatheredParameters`` one module at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bg2vec.errors import Bg2VecError
+from bg2vec.modeling import make_bidirectional
+from bg2vec.modeling.tiny import tiny_config
+from bg2vec.training.config import TINY_PREFIX, LoraSettings, ModelSettings
+
+
+def torch_dtype(settings: ModelSettings, use_gpu: bool) -> torch.dtype:
+    if settings.dtype == "auto":
+        return torch.bfloat16 if use_gpu else torch.float32
+    return getattr(torch, settings.dtype)
+
+
+def gather_for_write(weight: torch.Tensor):
+    """A context in which ``weight`` is whole on every rank and rank 0's changes are kept."""
+    if hasattr(weight, "ds_id"):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([weight], modifier_rank=0)
+    return contextlib.nullcontext()
+
+
+def load_base(settings: ModelSettings, *, causal_lm: bool, tokenizer, dtype: torch.dtype, seed: int,
+              base_path: str | None = None) -> nn.Module:
+    """The base decoder: ``*ForCausalLM`` for MNTP (its LM head predicts the masked tokens), the bare
+    model for SimCSE. ``tiny:<family>`` is built from ``seed`` (identical on every worker)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    cls = AutoModelForCausalLM if causal_lm else AutoModel
+    name = base_path or settings.name_or_path
+    if name.startswith(TINY_PREFIX):
+        family = name[len(TINY_PREFIX):]
+        h = settings.tiny_hidden_size
+        config = tiny_config(family, len(tokenizer), hidden_size=h, intermediate_size=2 * h,
+                             num_hidden_layers=settings.tiny_layers, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(seed)
+        return cls.from_config(config, dtype=dtype, attn_implementation=settings.attn_implementation)
+    try:
+        return cls.from_pretrained(name, revision=None if base_path else settings.revision, dtype=dtype,
+                                   attn_implementation=settings.attn_implementation,
+                                   trust_remote_code=settings.trust_remote_code)
+    except OSError as e:
+        raise Bg2VecError(f"cannot load the base model {name}: {e} (gated models need HF_TOKEN)") from None
+
+
+def prepare_for_training(model: nn.Module, settings: ModelSettings) -> nn.Module:
+    """Bidirectional attention, no KV cache, non-reentrant gradient checkpointing when asked.
+
+    Non-reentrant checkpointing computes input gradients without every input requiring grad, so a
+    frozen embedding layer under LoRA needs no ``enable_input_require_grads`` hook (the reentrant
+    variant would silently give the adapters no gradient)."""
+    make_bidirectional(model)
+    model.config.use_cache = False
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def merge_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
+    """Merge a saved LoRA adapter into ``model`` module by module (each weight gathered under ZeRO-3)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    peft_model = PeftModel.from_pretrained(model, adapter_dir)
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            with gather_for_write(module.get_base_layer().weight):
+                module.merge()
+    return peft_model.unload()  # the merged base layers, without the LoRA wrappers
+
+
+def add_lora(model: nn.Module, lora: LoraSettings) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), bias="none")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+        raise Bg2VecError(f"lora.target_modules: {e}") from None

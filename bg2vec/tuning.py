@@ -1,0 +1,321 @@
+"""Ray Tune search over the MNTP mask ratio and the SimCSE temperature (optionally learning rates and
+dropout), with ASHA early stopping (``jobs/tune.py``).
+
+A trial is a Tune function trainable that runs the two training stages as Ray Train jobs, exactly as
+``jobs/mntp.py`` and ``jobs/simcse.py`` do (their GPUs are requested by each run's ScalingConfig):
+MNTP with the trial's mask ratio, then SimCSE from that output with the trial's temperature. A
+TuneReportCallback in each run forwards its validation reports to Tune.
+
+- **Objective**: ``dev_score`` (``bg2vec.training.dev_score``): continuation retrieval on held-out
+  validation blocks with the model's own embeddings, computed by the training loop at every
+  validation pass of both stages. Validation losses are not comparable across the searched settings
+  (a higher mask ratio raises the MNTP loss; the temperature scales the SimCSE loss); this score is.
+- **Time axis**: ``trial_step``, the optimizer steps of the trial so far (MNTP's, then MNTP's
+  max_steps plus SimCSE's). It is the same for every trial and survives a restart from a checkpoint,
+  so ASHA compares trials at the same point of the whole recipe.
+- **Searcher**: Optuna (TPE) when installed (``pip install 'bg2vec[tune]'``), else random sampling;
+  both seeded.
+- **Concurrency**: as many trials as the cluster can run at once (``ray.cluster_resources()`` over
+  what one trial holds), so trials never queue for each other's workers.
+- **Resume**: running the same command again restores the experiment (``Tuner.restore``): finished
+  trials are kept, unfinished and errored ones continue from their runs' last checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from bg2vec.config import from_dict, load_config, to_dict
+from bg2vec.errors import Bg2VecError, ConfigError
+from bg2vec.storage import child, is_local, redact
+from bg2vec.training.config import MNTPConfig, SimCSEConfig
+from bg2vec.training.output import output_state
+from bg2vec.tuning_report import METRIC, TIME_ATTR, trial_records, write_report
+
+EXPERIMENT = "tune"  # Tune's own experiment directory, under the output
+
+
+@dataclass
+class SearchSpace:
+    """What each trial samples; settings left empty keep the stage configs' values."""
+
+    mask_ratio: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
+    """MNTP mask ratios to choose from."""
+    temperature: list[float] = field(default_factory=lambda: [0.01, 0.2])
+    """SimCSE temperature: [low, high], sampled log-uniformly."""
+    mntp_lr: list[float] | None = None
+    """MNTP peak learning rate: [low, high], log-uniform."""
+    simcse_lr: list[float] | None = None
+    """SimCSE peak learning rate: [low, high], log-uniform."""
+    attention_dropout: list[float] | None = None
+    """SimCSE attention dropout values to choose from."""
+
+    def __post_init__(self) -> None:
+        if not self.mask_ratio or not all(0 < r < 1 for r in self.mask_ratio):
+            raise ConfigError(f"space.mask_ratio must be a non-empty list of values in (0, 1), got {self.mask_ratio}")
+        for name in ("temperature", "mntp_lr", "simcse_lr"):
+            bounds = getattr(self, name)
+            if bounds is not None and not (len(bounds) == 2 and 0 < bounds[0] <= bounds[1]):
+                raise ConfigError(f"space.{name} must be [low, high] with 0 < low <= high, got {bounds}")
+        if self.attention_dropout is not None and not (
+                self.attention_dropout and all(0 <= p < 1 for p in self.attention_dropout)):
+            raise ConfigError(f"space.attention_dropout must be a non-empty list of values in [0, 1), "
+                              f"got {self.attention_dropout}")
+
+    def param_space(self) -> dict:
+        from ray import tune
+
+        space = {"mask_ratio": tune.choice(self.mask_ratio), "temperature": tune.loguniform(*self.temperature)}
+        if self.mntp_lr:
+            space["mntp_lr"] = tune.loguniform(*self.mntp_lr)
+        if self.simcse_lr:
+            space["simcse_lr"] = tune.loguniform(*self.simcse_lr)
+        if self.attention_dropout:
+            space["attention_dropout"] = tune.choice(self.attention_dropout)
+        return space
+
+
+@dataclass
+class AshaSettings:
+    """Asynchronous successive halving: at each rung a trial continues only if its dev_score is in
+    the best 1/reduction_factor of the scores the trials before it had there."""
+
+    grace_period: int = 100
+    """Optimizer steps (trial_step: MNTP and SimCSE counted together) before a trial can be stopped;
+    the rungs are at grace_period * reduction_factor^k."""
+    reduction_factor: float = 2.0
+    """Rung spacing and the share of trials kept at each rung (1/reduction_factor)."""
+
+    def __post_init__(self) -> None:
+        if self.grace_period < 1 or self.reduction_factor <= 1:
+            raise ConfigError("asha.grace_period must be >= 1 and asha.reduction_factor > 1")
+
+
+@dataclass
+class TuneConfig:
+    """The hyperparameter search (jobs/tune.py)."""
+
+    data: str
+    """A prepared data directory (jobs/prepare_data.py output), for both stages and the dev score."""
+    output: str
+    """Where the search writes: best.json, trials.md, trials.png, trials/<trial id>/{mntp,simcse}
+    (each trial's models and runs) and tune/ (Tune's experiment, for resuming)."""
+    mntp_config: str
+    """The MNTP stage's YAML (e.g. configs/tiny/mntp.yaml); data and output are the search's."""
+    simcse_config: str
+    """The SimCSE stage's YAML (e.g. configs/tiny/simcse.yaml); mntp is each trial's MNTP output."""
+    mntp_overrides: list[str] = field(default_factory=list)
+    """key=value overrides of the MNTP config for every trial (e.g. [max_steps=200])."""
+    simcse_overrides: list[str] = field(default_factory=list)
+    """key=value overrides of the SimCSE config for every trial."""
+    space: SearchSpace = field(default_factory=SearchSpace)
+    num_samples: int = 8
+    """Trials (sampled configurations)."""
+    searcher: Literal["auto", "optuna", "random"] = "auto"
+    """auto: Optuna when it is installed (pip install 'bg2vec[tune]'), random otherwise."""
+    seed: int = 0
+    """Seeds the searcher's sampling. Every trial trains with the stage configs' own seed, so trials
+    differ only in the searched settings."""
+    asha: AshaSettings = field(default_factory=AshaSettings)
+    max_concurrent_trials: int | None = None
+    """Trials running at once; empty: as many as the cluster's current CPUs and GPUs fit (set it on
+    an autoscaling cluster, whose resources grow once trials ask for them)."""
+    driver_cpus: float = 1.0
+    """CPUs held by each trial's driver (the Tune function that starts its two Ray Train runs)."""
+    ray_address: str | None = None
+    """Ray cluster to join (e.g. auto); empty: RAY_ADDRESS if set (ray job submit), else a new local Ray."""
+
+    def __post_init__(self) -> None:
+        if not self.data or not self.output:
+            raise ConfigError("data and output are required: give data=DIR output=DIR")
+        if self.num_samples < 1 or self.driver_cpus <= 0:
+            raise ConfigError("num_samples must be >= 1 and driver_cpus > 0")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise ConfigError(f"max_concurrent_trials must be >= 1 (or empty), got {self.max_concurrent_trials}")
+
+
+# ------------------------------------------------------------------------------------------ driver
+def run_search(cfg: TuneConfig) -> dict:
+    """Run (or resume) the search; returns the best trial's record and where the report is."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from bg2vec.data.pipeline import load_manifest
+    from bg2vec.ray_utils import init_ray
+
+    cfg.data, cfg.output = _absolute(cfg.data), _absolute(cfg.output)
+    settings = stage_settings(cfg)
+    total = settings["mntp"]["max_steps"] + settings["simcse"]["max_steps"]
+    if cfg.asha.grace_period >= total:
+        raise ConfigError(f"asha.grace_period={cfg.asha.grace_period} is not below the {total} steps of a trial "
+                          f"(MNTP + SimCSE max_steps): ASHA could never stop one; lower it")
+    load_manifest(cfg.data)  # the data exists, before any trial finds out
+    searcher_name = choose_searcher(cfg.searcher)
+    if cfg.ray_address is None and "RAY_ADDRESS" not in os.environ and not ray.is_initialized():
+        _start_local_ray()
+    else:
+        init_ray(cfg.ray_address)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"CPU": cfg.driver_cpus})
+    experiment = child(cfg.output, EXPERIMENT)
+    if tune.Tuner.can_restore(experiment):
+        print(f"resuming the search in {redact(experiment)}", flush=True)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
+    else:
+        if output_state(cfg.output) != "missing":
+            raise Bg2VecError(f"output {redact(cfg.output)} holds files but no search to resume; choose another "
+                              f"output= (or delete it)")
+        need = trial_resources(settings, cfg.driver_cpus)
+        concurrent = cfg.max_concurrent_trials or max_concurrent_trials(ray.cluster_resources(), need)
+        tuner = tune.Tuner(
+            trainable, param_space=cfg.space.param_space(),
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode="max", num_samples=cfg.num_samples,
+                search_alg=make_searcher(searcher_name, cfg.seed, concurrent),
+                # rungs stop short of the last step: a trial that gets there finishes and saves its model
+                scheduler=ASHAScheduler(
+                    time_attr=TIME_ATTR, max_t=total - 1, grace_period=cfg.asha.grace_period,
+                    reduction_factor=cfg.asha.reduction_factor, stop_last_trials=False),
+                trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=cfg.output))
+    grid = tuner.fit()
+    records = trial_records(grid, cfg.output)
+    best = write_report(cfg.output, records, settings["mntp"]["max_steps"], total, searcher_name)
+    return {"best": best, "records": records, "output": cfg.output}
+
+
+def stage_settings(cfg: TuneConfig) -> dict:
+    """The two stage configs every trial starts from (validated now, before anything runs), as dicts."""
+    placeholder = child(cfg.output, "trials", "TRIAL")
+    mntp = load_config(MNTPConfig, cfg.mntp_config,
+                       [*cfg.mntp_overrides, f"data={cfg.data}", f"output={child(placeholder, 'mntp')}"])
+    simcse = load_config(SimCSEConfig, cfg.simcse_config,
+                         [*cfg.simcse_overrides, f"data={cfg.data}", f"mntp={child(placeholder, 'mntp')}",
+                          f"output={child(placeholder, 'simcse')}"])
+    for stage in (mntp, simcse):
+        if not stage.run.dev_blocks:
+            raise ConfigError("the search's objective is the dev score: run.dev_blocks must be > 0 in both stages")
+        if os.path.exists(stage.model.name_or_path):  # a local model folder: trials run in their own directories
+            stage.model.name_or_path = os.path.abspath(stage.model.name_or_path)
+    return {"output": cfg.output, "mntp": to_dict(mntp), "simcse": to_dict(simcse)}
+
+
+def choose_searcher(choice: str) -> str:
+    if choice == "auto":
+        return "optuna" if _optuna_installed() else "random"
+    if choice == "optuna" and not _optuna_installed():
+        raise ConfigError("searcher=optuna needs optuna: pip install 'bg2vec[tune]' (or searcher=random)")
+    return choice
+
+
+def _optuna_installed() -> bool:
+    return importlib.util.find_spec("optuna") is not None
+
+
+def make_searcher(name: str, seed: int, max_concurrent: int):
+    """The seeded searcher, limited to ``max_concurrent`` running trials (Tune ignores
+    TuneConfig.max_concurrent_trials for a search algorithm passed in)."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    if name == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=max_concurrent)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+
+
+def trial_resources(settings: dict, driver_cpus: float) -> dict[str, float]:
+    """What one trial holds at most: its driver plus the larger of its two stages' worker groups."""
+    stages = [settings["mntp"]["scaling"], settings["simcse"]["scaling"]]
+    need = {"CPU": driver_cpus + max(s["num_workers"] * s["cpus_per_worker"] for s in stages)}
+    gpus = max(s["num_workers"] if s["use_gpu"] else 0 for s in stages)
+    return need | ({"GPU": gpus} if gpus else {})
+
+
+def max_concurrent_trials(cluster: dict[str, float], need: dict[str, float]) -> int:
+    """How many trials the cluster fits at once (at least 1: an autoscaler adds nodes for it)."""
+    fits = [math.floor(cluster.get(key, 0.0) / amount + 1e-9) for key, amount in need.items() if amount > 0]
+    return max(1, min(fits))
+
+
+def _start_local_ray() -> None:
+    """A local Ray with its dashboard. When ASHA stops a trial, Tune ends it abruptly, and only Ray
+    Train's placement-group cleaner frees the CPUs/GPUs of the trial's workers; it finds the run's
+    state through the dashboard (the State API), addressed explicitly, since another Ray on the same
+    machine would otherwise be taken for this one."""
+    import logging
+    import socket
+
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+             logging_level=logging.WARNING)
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id  # the trial's Tune directory and its models directory share the name
+
+
+def _absolute(path: str) -> str:
+    """Trials run in their own working directories: local paths must not be relative."""
+    return os.path.abspath(os.path.expanduser(path)) if is_local(path) else path
+
+
+# ------------------------------------------------------------------------------------------- trial
+def run_trial(params: dict, settings: dict) -> None:
+    """One trial: MNTP with the sampled settings, then SimCSE from its output. A stage whose model is
+    already complete (a trial resumed by Tuner.restore) is not trained again."""
+    from ray import tune
+
+    from bg2vec.training.launch import run_stage
+
+    trial_id = tune.get_context().get_trial_id()
+    mntp, simcse = trial_configs(settings, params, child(settings["output"], "trials", trial_id), trial_id)
+    if output_state(mntp.output) != "complete":
+        run_stage(mntp, callbacks=[StageReport("mntp", 0)])
+    if output_state(simcse.output) != "complete":
+        run_stage(simcse, callbacks=[StageReport("simcse", mntp.max_steps)])
+
+
+def trial_configs(settings: dict, params: dict, trial_dir: str, trial_id: str) -> tuple[MNTPConfig, SimCSEConfig]:
+    """The stage configs of one trial: the sampled settings, outputs under the trial's directory, and
+    run names of its own (the stages' run.storage_path may be shared by all trials)."""
+    mntp, simcse = copy.deepcopy(settings["mntp"]), copy.deepcopy(settings["simcse"])
+    mntp |= {"output": child(trial_dir, "mntp"), "overwrite": True, "mask_ratio": params["mask_ratio"]}
+    simcse |= {"output": child(trial_dir, "simcse"), "mntp": mntp["output"], "overwrite": True,
+               "temperature": params["temperature"]}
+    mntp["run"]["name"], simcse["run"]["name"] = f"mntp-{trial_id}", f"simcse-{trial_id}"
+    if "mntp_lr" in params:
+        mntp["optim"]["lr"] = params["mntp_lr"]
+    if "simcse_lr" in params:
+        simcse["optim"]["lr"] = params["simcse_lr"]
+    if "attention_dropout" in params:
+        simcse["attention_dropout"] = params["attention_dropout"]
+    return (from_dict(MNTPConfig, mntp, where=f"trial {trial_id} mntp config"),
+            from_dict(SimCSEConfig, simcse, where=f"trial {trial_id} simcse config"))
+
+
+class StageReport(TuneReportCallback):
+    """Forwards a stage's validation reports (those with a dev_score) to Tune, with the stage and the
+    trial_step; the reports in between carry nothing to decide on, and Optuna needs the metric in all."""
+
+    def __init__(self, stage: str, offset: int):
+        super().__init__()
+        self.stage, self.offset = stage, offset
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        rank0 = metrics[0]
+        if METRIC in rank0:
+            super().after_report(run_context, [{**rank0, "stage": self.stage, TIME_ATTR: self.offset + rank0["step"]}],
+                                 checkpoint)

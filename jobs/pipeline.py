@@ -1,0 +1,115 @@
+"""Every stage end to end with one preset: prepare -> MNTP -> SimCSE -> evaluate (the README demo).
+
+    # the embedded default: the sample dump, a tiny Mistral, 2 CPU workers, then the report
+    python jobs/pipeline.py --preset tiny output=runs/tiny
+
+    # a stage's setting for this run: prefix it with the stage name
+    python jobs/pipeline.py --preset tiny output=runs/tiny mntp.max_steps=20 evaluate.batch_size=64
+
+    # BgGPT-7B on a cluster (each stage as its own job is often handier: see README)
+    ray job submit --working-dir . -- python jobs/pipeline.py --preset bggpt-7b output=s3://my-bucket/bg2vec
+
+Writes OUTPUT/data, OUTPUT/mntp, OUTPUT/simcse and OUTPUT/eval. A stage whose output is already
+complete is skipped, so running the command again continues where it stopped (overwrite=true redoes
+everything); the training stages resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bg2vec.config import load_config
+from bg2vec.errors import Bg2VecError, ConfigError
+from bg2vec.storage import child
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("prepare", "mntp", "simcse", "evaluate")
+OUTPUTS = {"prepare": "data", "mntp": "mntp", "simcse": "simcse", "evaluate": "eval"}
+LAST_WRITTEN = {"prepare": "manifest.json", "mntp": "bg2vec_config.json", "simcse": "bg2vec_config.json",
+                "evaluate": "results.json"}
+
+
+def stage_configs(preset: str, output: str, overrides: list[str]) -> dict:
+    """Each stage's typed config from configs/<preset>/<stage>.yaml, wired to the others' outputs."""
+    from bg2vec.data.config import PrepareConfig
+    from bg2vec.evaluation.config import EvaluateConfig
+    from bg2vec.training.config import MNTPConfig, SimCSEConfig
+
+    classes = {"prepare": PrepareConfig, "mntp": MNTPConfig, "simcse": SimCSEConfig, "evaluate": EvaluateConfig}
+    folder = REPO / "configs" / preset
+    if not folder.is_dir():
+        presets = sorted(p.name for p in (REPO / "configs").iterdir() if (p / "mntp.yaml").is_file())
+        raise ConfigError(f"--preset {preset}: no folder configs/{preset}; presets: {', '.join(presets)}")
+    paths = {s: child(output, OUTPUTS[s]) for s in STAGES}
+    wiring = {"prepare": [f"output={paths['prepare']}"],
+              "mntp": [f"data={paths['prepare']}", f"output={paths['mntp']}"],
+              "simcse": [f"data={paths['prepare']}", f"mntp={paths['mntp']}", f"output={paths['simcse']}"],
+              "evaluate": [f"model={paths['simcse']}", f"output={paths['evaluate']}"]}
+    per_stage: dict[str, list[str]] = {s: [] for s in STAGES}
+    for item in overrides:
+        stage, _, rest = item.partition(".")
+        if stage not in per_stage or not rest:
+            raise ConfigError(f"override {item!r}: prefix it with a stage ({', '.join(STAGES)}), "
+                              f"e.g. mntp.max_steps=20")
+        per_stage[stage].append(rest)
+    return {s: load_config(classes[s], str(folder / f"{s}.yaml"), wiring[s] + per_stage[s]) for s in STAGES}
+
+
+def complete(stage: str, cfg) -> bool:
+    """Whether the stage's output holds the file it writes last."""
+    from bg2vec.training.output import output_state
+
+    return output_state(cfg.output, LAST_WRITTEN[stage]) == "complete"
+
+
+def run(preset: str, output: str, overwrite: bool, overrides: list[str]) -> str:
+    from bg2vec.data.pipeline import prepare
+    from bg2vec.evaluation.runner import evaluate
+    from bg2vec.training.launch import run_stage
+    from bg2vec.training.summary import summarize
+
+    configs = stage_configs(preset, output, overrides)
+    table = ""
+    for stage in STAGES:
+        cfg = configs[stage]
+        if not overwrite and complete(stage, cfg):
+            print(f"[pipeline] {stage}: {cfg.output} is complete, skipped", flush=True)
+            if stage == "evaluate":
+                table = Path(cfg.output, "report.md").read_text() if "://" not in cfg.output else ""
+            continue
+        cfg.overwrite = True  # partial outputs of an earlier attempt: the stage replaces or resumes them
+        print(f"[pipeline] {stage} -> {cfg.output}", flush=True)
+        if stage == "prepare":
+            prepare(cfg)
+        elif stage == "evaluate":
+            table = evaluate(cfg)["table"]
+        else:
+            print(summarize(run_stage(cfg)), flush=True)
+    report = child(output, OUTPUTS["evaluate"])
+    return f"{table}\n\nreport: {report}/report.md, chart: {report}/report.png"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", help="a folder under configs/ (tiny, bggpt-7b, ...)")
+    parser.add_argument("settings", nargs="*", metavar="key=value",
+                        help="output=DIR (required), overwrite=true, and STAGE.key=value for a stage")
+    args = parser.parse_args()
+    top = dict(s.split("=", 1) for s in args.settings if "=" in s and s.split("=", 1)[0] in ("output", "overwrite"))
+    rest = [s for s in args.settings if s.split("=", 1)[0] not in ("output", "overwrite")]
+    try:
+        if "output" not in top:
+            raise ConfigError("output=DIR is required (where data/, mntp/, simcse/ and eval/ go)")
+        print(run(args.preset, top["output"], top.get("overwrite", "false").lower() == "true", rest))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Bg2VecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The evaluation suite end to end: task files, baselines of a trained directory, the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from copy import deepcopy
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModel
+
+from bg2vec import Bg2Vec
+from bg2vec.config import from_dict, load_config
+from bg2vec.data.tokenization import train_bpe_tokenizer
+from bg2vec.errors import Bg2VecError
+from bg2vec.evaluation import metrics
+from bg2vec.evaluation.config import EvaluateConfig
+from bg2vec.evaluation.exams import exams_paragraphs, exams_retrieval, question_split
+from bg2vec.evaluation.models import baselines_of
+from bg2vec.evaluation.runner import evaluate
+from bg2vec.evaluation.tasks import TaskSpec, load_task
+from bg2vec.modeling.encoder import EncoderConfig, write_encoder_files
+from bg2vec.modeling.tiny import tiny_config
+from conftest import REPO
+
+SENTENCES = {"спорт": ["Отборът спечели мача с два гола.", "Футболистът вкара гол в последната минута.",
+                       "Треньорът похвали играчите след мача.", "Бегачката спечели златен медал."],
+             "наука": ["Учените откриха нова звезда.", "Химиците синтезираха ново вещество.",
+                       "Физиците измериха масата на частицата.", "Биолозите изучават клетките."]}
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    """A tiny Mistral base with two trained stages (random LoRA weights), as jobs/simcse.py writes it."""
+    texts = [t for group in SENTENCES.values() for t in group]
+    tokenizer = train_bpe_tokenizer(iter(texts * 20), vocab_size=300)
+    root = tmp_path_factory.mktemp("trained")
+    torch.manual_seed(0)
+    base = AutoModel.from_config(tiny_config("mistral", len(tokenizer)))
+    base.save_pretrained(root / "base_model")
+    tokenizer.save_pretrained(root / "base_model")
+
+    def lora(model, seed):
+        torch.manual_seed(seed)
+        peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        return peft
+
+    first = lora(deepcopy(base), 1)
+    first.save_pretrained(root / "stages" / "mntp")
+    lora(first.merge_and_unload(), 2).save_pretrained(root)
+    write_encoder_files(root, tokenizer, EncoderConfig(base_model="base_model", family="mistral", stages=[
+        {"name": "mntp", "adapter": "stages/mntp", "hyperparameters": {}},
+        {"name": "simcse", "adapter": ".", "hyperparameters": {}}]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tasks")
+    rows = [(t, label) for label, group in SENTENCES.items() for t in group]
+    for split, chosen in (("train", rows), ("test", rows[::2])):
+        (folder / f"{split}.tsv").write_text("text\ttopic\n" + "".join(f"{t}\t{label}\n" for t, label in chosen))
+    (folder / "triples.jsonl").write_text("".join(json.dumps(
+        {"anchor": a, "positive": a.replace(".", "!"), "negative": n}, ensure_ascii=False) + "\n"
+        for a, n in zip(SENTENCES["спорт"], SENTENCES["наука"])))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "text": t}, ensure_ascii=False) + "\n"
+                                                  for i, t in enumerate(SENTENCES["спорт"])))
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}, ensure_ascii=False) + "\n"
+                                                 for i, t in enumerate(SENTENCES["спорт"] + SENTENCES["наука"])))
+    (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(4)))
+    (folder / "bitext.tsv").write_text("source\ttarget\n" + "".join(f"{t}\t{t.upper()}\n" for t in SENTENCES["наука"]))
+    return folder
+
+
+TASKS = [
+    {"name": "Topics", "type": "classification", "files": {"train": ["train.tsv"], "test": ["test.tsv"]},
+     "label_column": "topic", "samples_per_label": 2},
+    {"name": "TopicClusters", "type": "clustering", "files": {"test": ["train.tsv"]}, "label_column": "topic"},
+    {"name": "SportSearch", "type": "retrieval",
+     "files": {"queries": ["queries.jsonl"], "corpus": ["corpus.jsonl"], "qrels": ["qrels.tsv"]}},
+    {"name": "Upper", "type": "bitext_mining", "files": {"test": ["bitext.tsv"]}},
+    {"name": "Triples", "type": "triples", "files": {"test": ["triples.jsonl"]}},
+]
+
+
+def test_baselines_of_a_trained_directory(trained_dir):
+    specs = baselines_of(str(trained_dir), ["all"])
+    assert [s.name for s in specs] == ["base: causal-last", "base: causal-mean", "base: bidirectional", "MNTP",
+                                       "MNTP + SimCSE"]
+    assert (specs[0].bidirectional, specs[0].pooling, specs[0].path) == (False, "last", str(trained_dir / "base_model"))
+    assert specs[3].up_to_stage == "mntp" and specs[4].up_to_stage is None
+    with pytest.raises(Bg2VecError, match=r"baselines \['dpo'\] are not available"):
+        baselines_of(str(trained_dir), ["dpo"])
+
+
+def test_report_of_every_task_type_with_values_from_the_encoders(trained_dir, task_files, tmp_path):
+    cfg = load_config(EvaluateConfig, None, [f"model={trained_dir}", f"output={tmp_path / 'eval'}",
+                                             f"data_dir={task_files}"])
+    cfg.tasks = [from_dict(TaskSpec, t) for t in TASKS]
+    done = evaluate(cfg)
+    out = tmp_path / "eval"
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == ["base: causal-last", "base: causal-mean", "base: bidirectional", "MNTP", "MNTP + SimCSE"]
+    assert all(list(r) == [t["name"] for t in TASKS] for r in results.values())
+    # a value recomputed from the encoder itself: the MNTP view's triples score
+    mntp = Bg2Vec.from_pretrained(trained_dir, up_to_stage="mntp")
+    anchors, negatives = SENTENCES["спорт"], SENTENCES["наука"]
+    expected = metrics.triples(mntp.encode(anchors), mntp.encode([a.replace(".", "!") for a in anchors]),
+                               mntp.encode(negatives))
+    assert results["MNTP"]["Triples"]["margin"] == pytest.approx(expected["margin"], abs=1e-5)
+    # causal last-token and bidirectional mean are different encoders: different scores
+    assert results["base: causal-last"]["Triples"] != results["base: bidirectional"]["Triples"]
+    assert 0 <= results["MNTP + SimCSE"]["SportSearch"]["ndcg_at_10"] <= 1
+    report = (out / "report.md").read_text()
+    assert report.count("\n| ") == 6 and "Topics (accuracy)" in report and "| MNTP + SimCSE |" in report
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert done["table"] in report
+    with pytest.raises(Bg2VecError, match="already holds files"):
+        evaluate(cfg)
+
+
+def test_bad_task_files_are_named(task_files, tmp_path):
+    spec = TaskSpec(name="T", type="classification", files={"train": ["train.tsv"], "test": ["nope.tsv"]})
+    with pytest.raises(Bg2VecError, match=r"task T: file .*nope.tsv does not exist"):
+        load_task(spec, task_files)
+    spec = TaskSpec(name="T", type="classification", files={"train": ["train.tsv"], "test": ["test.tsv"]})
+    with pytest.raises(Bg2VecError, match=r"train.tsv:2 has no 'label' column"):
+        load_task(spec, task_files)
+    with pytest.raises(Bg2VecError, match="needs files for queries"):
+        load_task(TaskSpec(name="R", type="retrieval", files={"corpus": ["corpus.jsonl"]}), task_files)
+    (tmp_path / "broken.jsonl").write_text('{"anchor": "a", "positive": "b", "negative": "c"}\n{broken\n')
+    with pytest.raises(Bg2VecError, match=r"broken.jsonl:2 is not a JSON object"):
+        load_task(TaskSpec(name="X", type="triples", files={"test": [str(tmp_path / "broken.jsonl")]}), tmp_path)
+
+
+def test_exams_split_keeps_evaluation_paragraphs_out_of_the_pretraining_text(shared_dir):
+    path = shared_dir / "data" / "eval" / "exams_bg" / "dev_bg_with_para.jsonl"
+    queries, corpus, relevant = exams_retrieval(path, "eval")
+    assert len(queries) == len(relevant) and 150 < len(queries) < 210  # about 30% of 593
+    assert all(len(r) == 1 and next(iter(r)) < len(corpus) for r in relevant)
+    assert not set(exams_paragraphs(path, "pretrain")) & set(corpus)
+    assert question_split("35dd6a13-7e71-11ea-9eb1-54bef70b159e") == question_split(
+        "35dd6a13-7e71-11ea-9eb1-54bef70b159e")
+
+
+def test_the_evaluate_job_names_a_missing_model(tmp_path):
+    done = subprocess.run([sys.executable, "jobs/evaluate.py", "--config", "configs/tiny/evaluate.yaml",
+                           f"model={tmp_path / 'missing'}", f"output={tmp_path / 'eval'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "cannot load" in done.stderr and str(tmp_path / "missing") in done.stderr
+    assert not (tmp_path / "eval").exists()
+    np.testing.assert_equal(done.stdout.count("[evaluate]"), 0)

@@ -1,0 +1,112 @@
+"""Training components without Ray: batch arithmetic, DeepSpeed config, adapter layout, texts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForCausalLM
+
+from bg2vec.errors import Bg2VecError, ConfigError
+from bg2vec.modeling.tiny import tiny_config
+from bg2vec.training.adapters import gathered_lora_state, save_adapter
+from bg2vec.training.config import LoraSettings, MNTPConfig, SimCSEConfig
+from bg2vec.training.data import training_texts
+from bg2vec.training.deepspeed_config import deepspeed_config
+
+
+@pytest.mark.parametrize("workers, micro, expected", [(1, None, (32, 1)), (8, None, (4, 1)), (8, 2, (2, 2)),
+                                                      (4, 1, (1, 8))])
+def test_global_batch_is_fixed_and_the_rest_derived(workers, micro, expected):
+    cfg = MNTPConfig(data="d", output="o", global_batch_size=32, micro_batch_size=micro)
+    cfg.scaling.num_workers = workers
+    assert (cfg.micro_batch, cfg.gradient_accumulation) == expected
+    ds = deepspeed_config(cfg, bf16=False)
+    assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * workers
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is False
+
+
+def test_batch_sizes_that_do_not_divide_are_refused():
+    from bg2vec.config import load_config
+
+    with pytest.raises(ConfigError, match="not a multiple of micro_batch_size"):
+        load_config(MNTPConfig, None, ["data=d", "output=o", "global_batch_size=32", "scaling.num_workers=3"])
+    with pytest.raises(ConfigError, match="mntp is empty"):
+        load_config(SimCSEConfig, None, ["data=d", "output=o"])
+
+
+def test_offload_uses_deepspeeds_optimizer():
+    cfg = MNTPConfig(data="d", output="o", offload_optimizer=True)
+    ds = deepspeed_config(cfg, bf16=True)
+    assert ds["optimizer"]["type"] == "AdamW" and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "optimizer" not in deepspeed_config(MNTPConfig(data="d", output="o"), bf16=True)
+
+
+def test_mntp_adapter_is_saved_for_the_bare_model_and_peft_loads_it(tmp_path):
+    """MNTP trains *ForCausalLM; the saved adapter must apply to AutoModel with the same effect."""
+    torch.manual_seed(0)
+    base_dir = tmp_path / "base"
+    AutoModelForCausalLM.from_config(tiny_config("mistral", 97)).save_pretrained(base_dir)
+    causal = AutoModelForCausalLM.from_pretrained(base_dir)
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    peft_model = get_peft_model(causal, LoraConfig(r=4, lora_alpha=8, target_modules=lora.target_modules))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # as if trained (peft initialises B to zero)
+    state = gathered_lora_state(peft_model)
+    assert state and all(k.startswith("base_model.model.layers.") and ".default." not in k for k in state)
+    save_adapter(state, lora, str(base_dir), tmp_path / "adapter")
+    assert load_file(tmp_path / "adapter" / "adapter_model.safetensors").keys() == state.keys()
+
+    ids = torch.tensor([[1, 5, 9, 23, 42, 7]])
+    expected = peft_model.merge_and_unload().model(input_ids=ids).last_hidden_state
+    bare = PeftModel.from_pretrained(AutoModel.from_pretrained(base_dir), tmp_path / "adapter").merge_and_unload()
+    torch.testing.assert_close(bare(input_ids=ids).last_hidden_state, expected)
+
+
+def test_an_empty_adapter_is_refused():
+    model = get_peft_model(AutoModel.from_config(tiny_config("llama", 50)),
+                           LoraConfig(r=2, target_modules=["q_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data = torch.empty(0)  # what a ZeRO-3 shard looks like when read without gathering
+    with pytest.raises(Bg2VecError, match="empty LoRA adapter"):
+        gathered_lora_state(model)
+
+
+def test_simcse_texts_are_paragraphs_of_one_split():
+    long_a, long_b = "А" * 90, "Б" * 85
+    batch = {"text": np.array([f"Заглавие\n{long_a}\nкратко\n{long_b}", f"{long_a} друго"], dtype=object),
+             "split": np.array(["train", "validation"], dtype=object)}
+    assert list(training_texts(batch, "train", "paragraph", 80)["text"]) == [long_a, long_b]
+    assert list(training_texts(batch, "validation", "paragraph", 80)["text"]) == [f"{long_a} друго"]
+    assert list(training_texts(batch, "train", "article", 80)["text"]) == [batch["text"][0]]
+    assert training_texts(batch, "train", "paragraph", 1000)["text"].shape == (0,)
+
+
+def test_a_failure_left_by_the_workers_is_read_once(tmp_path):
+    from bg2vec.training.output import take_failure, write_failure
+
+    run_dir = str(tmp_path / "runs" / "mntp")
+    assert take_failure(run_dir) is None
+    write_failure(run_dir, "the mntp loss became nan at step 3")
+    assert take_failure(run_dir) == "the mntp loss became nan at step 3"
+    assert take_failure(run_dir) is None  # removed: a rerun of the same name starts clean
+
+
+def test_dev_score_is_the_mrr_of_each_first_half_finding_its_own_second_half():
+    from bg2vec.training.dev_score import continuation_mrr, halves
+
+    blocks = torch.arange(10).reshape(2, 5)
+    # the first halves, then the second halves (an odd length leaves the middle token out)
+    assert halves(blocks).tolist() == [[0, 1], [5, 6], [2, 3], [7, 8]]
+    first = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    second = torch.tensor([[1.0, 0.1], [0.1, 1.0], [-1.0, -1.0]])
+    # queries 0 and 1 rank their own half first; query 2's own half is the least similar of the three
+    assert continuation_mrr(first, second) == pytest.approx((1 + 1 + 1 / 3) / 3)
+    assert continuation_mrr(first * 5, second * 0.1) == pytest.approx(7 / 9)  # cosine: scale does not matter
+    same = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert continuation_mrr(same, same) == 1.0  # a tie with the right half counts in its favour

@@ -1,0 +1,159 @@
+"""The Ray Tune search: its config, searcher choice, concurrency, report; and the tiny search end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from bg2vec import tuning
+from bg2vec.config import load_config
+from bg2vec.errors import Bg2VecError, ConfigError
+from bg2vec.training.config import MNTPConfig, SimCSEConfig
+from bg2vec.tuning import TuneConfig, stage_settings, trial_configs
+from bg2vec.tuning_report import TrialRecord, write_report
+from conftest import REPO
+
+
+def tiny(*overrides: str) -> TuneConfig:
+    return load_config(TuneConfig, str(REPO / "configs" / "tiny" / "tune.yaml"),
+                       ["data=/d", "output=/o", f"mntp_config={REPO}/configs/tiny/mntp.yaml",
+                        f"simcse_config={REPO}/configs/tiny/simcse.yaml", *overrides])
+
+
+def test_the_presets_load_and_a_trial_gets_its_settings_and_directories():
+    cfg = tiny()
+    assert cfg.num_samples >= 4 and cfg.space.mask_ratio == [0.2, 0.4, 0.6, 0.8]
+    settings = stage_settings(cfg)
+    mntp, simcse = trial_configs(settings, {"mask_ratio": 0.6, "temperature": 0.07, "simcse_lr": 2e-4}, "/o/trials/t1",
+                                 "t1")
+    assert isinstance(mntp, MNTPConfig) and isinstance(simcse, SimCSEConfig)
+    assert (mntp.mask_ratio, mntp.max_steps, mntp.scaling.num_workers, mntp.data) == (0.6, 8, 1, "/d")
+    assert (mntp.output, mntp.run.name) == ("/o/trials/t1/mntp", "mntp-t1")
+    assert (simcse.temperature, simcse.optim.lr, simcse.mntp, simcse.output) == (
+        0.07, 2e-4, "/o/trials/t1/mntp", "/o/trials/t1/simcse")
+    assert mntp.optim.lr == 5e-3  # not searched: the stage config's
+    cfg = load_config(TuneConfig, str(REPO / "configs" / "bggpt-7b" / "tune.yaml"),
+                      [f"mntp_config={REPO}/configs/bggpt-7b/mntp.yaml",
+                       f"simcse_config={REPO}/configs/bggpt-7b/simcse.yaml"])
+    settings = stage_settings(cfg)
+    assert settings["mntp"]["scaling"]["use_gpu"] and "simcse_lr" in cfg.space.param_space()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("space.temperature=[0.1]", r"space.temperature must be \[low, high\]"),
+    ("space.mask_ratio=[0.5, 1.0]", "space.mask_ratio must be"),
+    ("mntp_overrides=[max_step=3]", "unknown key 'max_step'"),
+    ("simcse_overrides=[run.dev_blocks=0]", "run.dev_blocks must be > 0"),
+])
+def test_bad_search_settings_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        stage_settings(tiny(override))
+
+
+def test_bad_data_and_a_grace_period_as_long_as_a_trial_are_refused_before_ray_starts(tmp_path):
+    with pytest.raises(ConfigError, match="asha.grace_period=16 is not below the 16 steps"):
+        tuning.run_search(tiny(f"output={tmp_path}", "asha.grace_period=16"))
+    with pytest.raises(Bg2VecError, match="data=/d is not a prepared data directory"):
+        tuning.run_search(tiny(f"output={tmp_path}"))
+
+
+def test_auto_picks_optuna_when_it_is_installed(monkeypatch):
+    monkeypatch.setattr(tuning, "_optuna_installed", lambda: True)
+    assert tuning.choose_searcher("auto") == "optuna"
+    monkeypatch.setattr(tuning, "_optuna_installed", lambda: False)
+    assert tuning.choose_searcher("auto") == "random" and tuning.choose_searcher("random") == "random"
+    with pytest.raises(ConfigError, match=r"pip install 'bg2vec\[tune\]'"):
+        tuning.choose_searcher("optuna")
+    from ray.tune.search import BasicVariantGenerator
+
+    searcher = tuning.make_searcher("random", seed=0, max_concurrent=2)
+    assert isinstance(searcher, BasicVariantGenerator) and searcher.max_concurrent == 2
+
+
+def test_concurrent_trials_follow_from_the_cluster():
+    settings = stage_settings(tiny())
+    need = tuning.trial_resources(settings, driver_cpus=0.5)
+    assert need == {"CPU": 1.0}  # the driver and one worker of 0.5 CPU
+    assert tuning.max_concurrent_trials({"CPU": 2.0}, need) == 2
+    assert tuning.max_concurrent_trials({"CPU": 0.7}, need) == 1  # never 0: an autoscaler adds nodes
+    settings["simcse"]["scaling"] |= {"num_workers": 8, "use_gpu": True, "cpus_per_worker": 4}
+    need = tuning.trial_resources(settings, driver_cpus=1)
+    assert need == {"CPU": 33, "GPU": 8}
+    assert tuning.max_concurrent_trials({"CPU": 256.0, "GPU": 16.0}, need) == 2  # GPUs decide
+    assert tuning.max_concurrent_trials({"CPU": 40.0, "GPU": 16.0}, need) == 1  # CPUs decide
+
+
+def _records(tmp_path):
+    done = tmp_path / "trials" / "b" / "simcse"
+    return [
+        TrialRecord("a", {"mask_ratio": 0.2, "temperature": 0.05}, [(2, 0.3), (4, 0.9)], "stopped"),
+        TrialRecord("b", {"mask_ratio": 0.4, "temperature": 0.02}, [(2, 0.4), (4, 0.5), (8, 0.7)], "completed",
+                    str(done), "/runs/simcse-b/checkpoint_0000004"),
+        TrialRecord("c", {"mask_ratio": 0.8, "temperature": 0.1}, [(2, 0.2), (4, 0.4), (8, 0.6)], "completed",
+                    str(tmp_path / "trials" / "c" / "simcse"), None),
+        TrialRecord("d", {"mask_ratio": 0.6, "temperature": 0.2}, [], "error", error="the mntp loss became nan"),
+    ]
+
+
+def test_the_report_names_the_best_finished_trial_and_shows_every_trial(tmp_path):
+    best = write_report(str(tmp_path), _records(tmp_path), mntp_steps=4, total_steps=8, searcher="random")
+    # a: the highest score, but stopped early (no model); b: the best trial that finished
+    assert best == json.loads((tmp_path / "best.json").read_text())
+    assert (best["trial_id"], best["dev_score"], best["config"]["mask_ratio"]) == ("b", 0.7, 0.4)
+    assert best["model"].endswith("trials/b/simcse") and best["checkpoint"] == "/runs/simcse-b/checkpoint_0000004"
+    table = (tmp_path / "trials.md").read_text()
+    rows = [line for line in table.splitlines() if re.match(r"\| [abcd] \|", line)]
+    assert [r.split()[1] for r in rows] == ["a", "b", "c", "d"]  # by final dev_score
+    assert "| a | 0.2 | 0.05 | 0.9000 | 4/8 | stopped early (ASHA) |" in rows[0]
+    assert "| b | 0.4 | 0.02 | 0.7000 | 8/8 | completed |" in rows[1]
+    assert "error: the mntp loss became nan" in rows[3]
+    assert (tmp_path / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_finished_trial_is_an_error_and_writes_no_best(tmp_path):
+    records = [r for r in _records(tmp_path) if r.status != "completed"]
+    with pytest.raises(Bg2VecError, match="no trial of the search finished.*errors: the mntp loss became nan$"):
+        write_report(str(tmp_path), records, mntp_steps=4, total_steps=8, searcher="random")
+    assert (tmp_path / "trials.md").exists() and not (tmp_path / "best.json").exists()
+
+
+# ------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_the_tiny_search_runs_stops_trials_early_and_resumes(tmp_path):
+    from bg2vec import Bg2Vec
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)  # plain `python jobs/...`: a local Ray of its own
+
+    def job(script, *args, timeout=900):
+        done = subprocess.run([sys.executable, f"jobs/{script}.py", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        return done.stdout
+
+    data, out = tmp_path / "data", tmp_path / "tune"
+    job("prepare_data", "--config", "configs/tiny/prepare.yaml", f"output={data}")
+    # one trial at a time: ASHA's decisions depend on the order trials reach a rung, and with a fixed
+    # order (and the seeded searcher, and MNTP's deterministic dev scores) the early stop is certain
+    search = ["--config", "configs/tiny/tune.yaml", f"data={data}", f"output={out}", "max_concurrent_trials=1"]
+    stdout = job("tune", *search)
+    assert re.search(r"search finished: 4 trials \([1-3] stopped early by ASHA\)", stdout), stdout[-3000:]
+
+    table = (out / "trials.md").read_text()
+    rows = [line for line in table.splitlines() if re.match(r"\| \w+ \| [\d.]+ \|", line)]
+    assert len(rows) == 4, table
+    assert any("stopped early (ASHA)" in r and not r.split("|")[-3].strip().startswith("16/") for r in rows), table
+    assert (out / "trials.png").stat().st_size > 1000
+    best = json.loads((out / "best.json").read_text())
+    assert set(best["config"]) == {"mask_ratio", "temperature"} and 0 < best["dev_score"] <= 1
+    assert f"| {best['trial_id']} |" in table and os.path.isdir(best["checkpoint"])
+    assert Bg2Vec.from_pretrained(best["model"]).encode(["София е столицата на България."]).shape == (1, 128)
+
+    # the same command again: Tuner.restore finds every trial finished and writes the same report
+    stdout = job("tune", *search)
+    assert "resuming the search" in stdout and json.loads((out / "best.json").read_text()) == best
