@@ -39,20 +39,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A local cluster started the way users start one (`ray start --head`), on free ports, and
-    stopped afterwards; only its own processes are stopped (--block ties them to this one)."""
-    port, dashboard = _free_port(), _free_port()
+    stopped afterwards; only its own processes are stopped (--block ties them to this one).
+
+    Every port Ray would otherwise take at a fixed default gets a free one: the session's other Ray
+    (``ray_local``) already holds the dashboard agent's default 52365, and an agent that cannot bind
+    its port never registers, so every `ray job submit` would answer "No available agent"."""
+    port, dashboard, agent, client = _free_port(), _free_port(), _free_port(), _free_port()
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
+         f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
          "--dashboard-host=127.0.0.1", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
          "--disable-usage-stats"], env={**os.environ, **RAY_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     address, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while subprocess.run(["ray", "status", f"--address={address}"], env={**os.environ, **RAY_ENV},
-                         capture_output=True).returncode != 0:
+                         capture_output=True).returncode != 0 or not _listening(agent):
         assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
         time.sleep(2)
     yield {"address": address, "dashboard": url}
