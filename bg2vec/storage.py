@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import tempfile
 import uuid
 
 import pyarrow.fs as pafs
@@ -75,3 +76,21 @@ def temporary_sibling(fs: pafs.FileSystem, path: str) -> str:
 def publish(fs: pafs.FileSystem, staged: str, path: str) -> None:
     if staged != path:
         os.replace(staged, path)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def localize(uri_or_path: str, skip_suffixes: tuple[str, ...] = ()) -> str:
+    """A local path for ``uri_or_path``: itself when local (or a hub id), else a downloaded copy
+    without the files ending in ``skip_suffixes`` (WEIGHT_SUFFIXES: just the tokenizer and configs)."""
+    if is_local(uri_or_path):
+        return uri_or_path
+    fs, path = resolve(uri_or_path)
+    target = tempfile.mkdtemp(prefix="bg2vec-")
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if info.type == pafs.FileType.File and not info.path.endswith(skip_suffixes):
+            local = os.path.join(target, os.path.relpath(info.path, path))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            pafs.copy_files(info.path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return target

@@ -1,4 +1,4 @@
-"""Every stage end to end with one preset: prepare -> MNTP -> SimCSE -> evaluate (the README demo).
+"""Every stage end to end with one preset: prepare -> MNTP -> SimCSE -> evaluate -> embed (the README demo).
 
     # the embedded default: the sample dump, a tiny Mistral, 2 CPU workers, then the report
     python jobs/pipeline.py --preset tiny output=runs/tiny
@@ -9,9 +9,10 @@
     # BgGPT-7B on a cluster (each stage as its own job is often handier: see README)
     ray job submit --working-dir . -- python jobs/pipeline.py --preset bggpt-7b output=s3://my-bucket/bg2vec
 
-Writes OUTPUT/data, OUTPUT/mntp, OUTPUT/simcse and OUTPUT/eval. A stage whose output is already
-complete is skipped, so running the command again continues where it stopped (overwrite=true redoes
-everything); the training stages resume from their checkpoints.
+Writes OUTPUT/data, OUTPUT/mntp, OUTPUT/simcse, OUTPUT/eval and OUTPUT/vectors (the prepared pages,
+embedded). A stage whose output is already complete is skipped, so running the command again continues
+where it stopped (overwrite=true redoes everything); the training stages resume from their checkpoints
+and the embedding from its finished shards.
 """
 
 from __future__ import annotations
@@ -25,19 +26,21 @@ from bg2vec.errors import Bg2VecError, ConfigError
 from bg2vec.storage import child
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("prepare", "mntp", "simcse", "evaluate")
-OUTPUTS = {"prepare": "data", "mntp": "mntp", "simcse": "simcse", "evaluate": "eval"}
+STAGES = ("prepare", "mntp", "simcse", "evaluate", "embed")
+OUTPUTS = {"prepare": "data", "mntp": "mntp", "simcse": "simcse", "evaluate": "eval", "embed": "vectors"}
 LAST_WRITTEN = {"prepare": "manifest.json", "mntp": "bg2vec_config.json", "simcse": "bg2vec_config.json",
-                "evaluate": "results.json"}
+                "evaluate": "results.json", "embed": "manifest.json"}
 
 
 def stage_configs(preset: str, output: str, overrides: list[str]) -> dict:
     """Each stage's typed config from configs/<preset>/<stage>.yaml, wired to the others' outputs."""
     from bg2vec.data.config import PrepareConfig
+    from bg2vec.embedding.config import EmbedConfig
     from bg2vec.evaluation.config import EvaluateConfig
     from bg2vec.training.config import MNTPConfig, SimCSEConfig
 
-    classes = {"prepare": PrepareConfig, "mntp": MNTPConfig, "simcse": SimCSEConfig, "evaluate": EvaluateConfig}
+    classes = {"prepare": PrepareConfig, "mntp": MNTPConfig, "simcse": SimCSEConfig, "evaluate": EvaluateConfig,
+               "embed": EmbedConfig}
     folder = REPO / "configs" / preset
     if not folder.is_dir():
         presets = sorted(p.name for p in (REPO / "configs").iterdir() if (p / "mntp.yaml").is_file())
@@ -46,7 +49,8 @@ def stage_configs(preset: str, output: str, overrides: list[str]) -> dict:
     wiring = {"prepare": [f"output={paths['prepare']}"],
               "mntp": [f"data={paths['prepare']}", f"output={paths['mntp']}"],
               "simcse": [f"data={paths['prepare']}", f"mntp={paths['mntp']}", f"output={paths['simcse']}"],
-              "evaluate": [f"model={paths['simcse']}", f"output={paths['evaluate']}"]}
+              "evaluate": [f"model={paths['simcse']}", f"output={paths['evaluate']}"],
+              "embed": [f"model={paths['simcse']}", f"input={paths['prepare']}", f"output={paths['embed']}"]}
     per_stage: dict[str, list[str]] = {s: [] for s in STAGES}
     for item in overrides:
         stage, _, rest = item.partition(".")
@@ -66,6 +70,7 @@ def complete(stage: str, cfg) -> bool:
 
 def run(preset: str, output: str, overwrite: bool, overrides: list[str]) -> str:
     from bg2vec.data.pipeline import prepare
+    from bg2vec.embedding.pipeline import embed
     from bg2vec.evaluation.runner import evaluate
     from bg2vec.training.launch import run_stage
     from bg2vec.training.summary import summarize
@@ -79,16 +84,22 @@ def run(preset: str, output: str, overwrite: bool, overrides: list[str]) -> str:
             if stage == "evaluate":
                 table = Path(cfg.output, "report.md").read_text() if "://" not in cfg.output else ""
             continue
-        cfg.overwrite = True  # partial outputs of an earlier attempt: the stage replaces or resumes them
+        if stage != "embed":  # partial outputs of an earlier attempt: the stage replaces or resumes them
+            cfg.overwrite = True  # (the embedding resumes from its finished shards by itself)
         print(f"[pipeline] {stage} -> {cfg.output}", flush=True)
         if stage == "prepare":
             prepare(cfg)
         elif stage == "evaluate":
             table = evaluate(cfg)["table"]
+        elif stage == "embed":
+            embedded = embed(cfg)
+            print(f"[pipeline] embed: {embedded['passages']} passages, dimension {embedded['dimension']}, "
+                  f"{embedded['this_run']['passages_per_s']:.1f} passages/s", flush=True)
         else:
             print(summarize(run_stage(cfg)), flush=True)
     report = child(output, OUTPUTS["evaluate"])
-    return f"{table}\n\nreport: {report}/report.md, chart: {report}/report.png"
+    return (f"{table}\n\nreport: {report}/report.md, chart: {report}/report.png\n"
+            f"vectors: {child(output, OUTPUTS['embed'])}/vectors/*.parquet")
 
 
 def main() -> None:
@@ -101,7 +112,7 @@ def main() -> None:
     rest = [s for s in args.settings if s.split("=", 1)[0] not in ("output", "overwrite")]
     try:
         if "output" not in top:
-            raise ConfigError("output=DIR is required (where data/, mntp/, simcse/ and eval/ go)")
+            raise ConfigError("output=DIR is required (where data/, mntp/, simcse/, eval/ and vectors/ go)")
         print(run(args.preset, top["output"], top.get("overwrite", "false").lower() == "true", rest))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,16 +11,19 @@ import pytest
 
 from bg2vec.config import describe, field_docs, load_config
 from bg2vec.data.config import CleaningConfig, PrepareConfig, TokenizerConfig
+from bg2vec.embedding.config import EmbedConfig
 from bg2vec.errors import ConfigError
 from bg2vec.evaluation.config import EvaluateConfig
+from bg2vec.planning import PlanConfig
 from bg2vec.training.config import MNTPConfig, SimCSEConfig
 from bg2vec.tuning import TuneConfig
 from conftest import REPO
 
 # Every YAML under configs/<preset>/ is named after its stage; a new stage registers its class here.
 STAGE_CONFIGS = {"prepare": PrepareConfig, "mntp": MNTPConfig, "simcse": SimCSEConfig, "evaluate": EvaluateConfig,
-                 "tune": TuneConfig}
-REQUIRED_OVERRIDES = {"prepare": ["output=/tmp/out"], "mntp": [], "simcse": [], "evaluate": [], "tune": []}
+                 "tune": TuneConfig, "plan": PlanConfig, "embed": EmbedConfig}
+REQUIRED_OVERRIDES = {"prepare": ["output=/tmp/out"], "mntp": [], "simcse": [], "evaluate": [], "tune": [],
+                      "plan": [], "embed": []}
 
 
 @pytest.mark.parametrize("path", sorted(REPO.glob("configs/*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")

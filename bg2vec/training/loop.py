@@ -28,6 +28,7 @@ from bg2vec.modeling.encoder import EncoderConfig, write_encoder_files
 from bg2vec.modeling.pooling import pool
 from bg2vec.objectives.mntp import MNTPMasker, add_mask_token, mask_token_id, mntp_loss_and_accuracy
 from bg2vec.objectives.simcse import distributed_simcse_loss
+from bg2vec.storage import localize
 from bg2vec.training.adapters import gathered_lora_state, save_adapter
 from bg2vec.training.config import TINY_PREFIX, MNTPConfig, SimCSEConfig, TrainConfig
 from bg2vec.training.data import TextCollator, blocks_collate
@@ -41,8 +42,9 @@ from bg2vec.training.model import (
     merge_adapter,
     prepare_for_training,
     torch_dtype,
+    zero3_fetch_whole_layers,
 )
-from bg2vec.training.output import localize, publish_dir, write_failure
+from bg2vec.training.output import publish_dir, write_failure
 
 CHECKPOINT_TAG = "deepspeed"
 TINY_BASE_DIR = "base_model"  # where a tiny:<family> base is saved inside an output directory
@@ -116,6 +118,8 @@ class StageRecipe:
             self.collate = TextCollator(self.tokenizer, cfg.max_length, cfg.pooling)
         self.family = family_of(model)
         model = add_lora(prepare_for_training(model, cfg.model), cfg.lora)
+        if cfg.zero_stage == 3:
+            zero3_fetch_whole_layers(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = None
         if not cfg.offload_optimizer:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import struct
+from pathlib import Path
 
 from bg2vec.errors import Bg2VecError
 
@@ -46,6 +48,26 @@ class MetricsSink:
             self.writer.close()
         if self.mlflow is not None:
             self.mlflow.end_run()
+
+
+def read_scalars(tensorboard_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of the TensorBoard event files in a local directory: {tag: [(step, value), ...]}.
+
+    Event files are TFRecords (u64 length, u32 CRC, an ``Event`` protobuf, u32 CRC), read here with
+    tensorboardX's own protobuf classes so that neither TensorFlow nor tensorboard is needed."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(tensorboard_dir).glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset + 12 <= len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
 
 
 def _fmt(value: float) -> str:

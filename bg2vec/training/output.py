@@ -12,17 +12,7 @@ import pyarrow.fs as pafs
 
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.encoder import CONFIG_NAME
-from bg2vec.storage import child, exists, is_local, resolve, write_bytes_atomic
-
-
-def localize(uri_or_path: str) -> str:
-    """A local path for ``uri_or_path``: itself when local (or a hub id), else a downloaded copy."""
-    if is_local(uri_or_path):
-        return uri_or_path
-    fs, path = resolve(uri_or_path)
-    target = tempfile.mkdtemp(prefix="bg2vec-")
-    pafs.copy_files(path, target, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    return target
+from bg2vec.storage import child, exists, resolve, write_bytes_atomic
 
 
 def output_state(output: str, marker: str = CONFIG_NAME) -> str:

@@ -1,0 +1,578 @@
+"""Plan a training run before renting GPUs: memory per GPU and time, from the model's shape alone.
+
+For a model (a built-in BgGPT shape or a local config.json; weights are never read), a stage, the
+batch, LoRA, the ZeRO stage and a cluster, :func:`plan` estimates what each GPU holds and how long the
+configured steps take at a stated utilisation (MFU); :func:`render` prints it as a table, with a
+warning and what to change when it will not fit. DeepSpeed's own model-state estimators are shown
+next to ours: they assume every parameter is trained with Adam (full fine-tuning), so they are the
+"without LoRA" upper bound.
+
+Memory per GPU, in bytes (N base parameters, n GPUs, e = 2 for bf16 or 4 for fp32, T = tokens of
+one micro-batch = rows x seq_len, where SimCSE's rows are twice the micro-batch: both views go
+through one forward pass):
+
+* frozen base weights: e*N, divided by n under ZeRO-3 (which also shards frozen parameters);
+* ZeRO-3 gathered weights: e * (largest module + DeepSpeed's default prefetch bucket of 5e7
+  parameters), the full weights it gathers just before each module runs;
+* LoRA (P trainable parameters), as DeepSpeed's estimators count bf16 training: weights e*P, gradients
+  6*P (bf16 + fp32), Adam 12*P (fp32 master copy + two moments); in fp32 the weights are their own
+  master: 4*P, 4*P, 8*P. Stage 1 shards the Adam states over n, stage 2 also the gradients, stage 3
+  also the weights;
+* activations, counting the tensors transformers' decoder layers keep for the backward pass when
+  the base is frozen (checked against autograd in tests/test_plan.py). A frozen projection keeps
+  nothing: its input gradient needs only its weight. Per token of one layer:
+  4 * h per norm (RMSNorm's fp32 copy of its input; 4 norms in Gemma, + 4 * (q + kv) for q/k-norms)
+  + 3*e*i in the MLP (gate output, its activation, up output)
+  + attention: SDPA/flash e*(2*q + 2*kv) (q, k, v, output); eager e*3*q (q, and k and v expanded
+  to every head) + heads*seq*(4 + e) (the fp32 softmax and its cast: the s^2 term of Korthikanti
+  et al. 2022), + e*heads*seq for Gemma-2's logit soft-capping, + heads*seq with attention dropout
+  + LoRA: e*r per adapter, and with LoRA dropout (e + 1) * in_features per adapter (its dropped-out
+  input and mask); without, the adapters read the projections' inputs, kept once each: e*h for
+  attention, e*h for the MLP, e*i for down_proj, e*q for o_proj under eager attention.
+  With gradient checkpointing every layer keeps only its input (e*h per token) and one layer at a
+  time is recomputed with all of the above; without it every layer keeps everything;
+* head: the final norm's fp32 copy (4*h per token) and, for MNTP, 12 bytes per logit (bf16 logits
+  and their shifted copy, the fp32 copy cross_entropy reads and the log-softmax it keeps);
+* a fixed overhead (CUDA context, NCCL buffers, allocator fragmentation; overhead_gib).
+
+Time: FLOPs per token = forward 2*(W + H) + A, backward 2*(W + H) + 2*A (only input gradients: the
+base is frozen, so its weight-gradient matmuls are skipped; a full fine-tune would add another
+2*(W + H)), recompute 2*W + A with gradient checkpointing, and 6*P (+2*P recomputed) for LoRA itself.
+W = the layers' matmul weights, H = V*h for MNTP's LM head (0 for SimCSE), A = 4*layers*seq*q for the
+two attention matmuls over the full (bidirectional) sequence. Time = FLOPs / (GPUs x peak x MFU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bg2vec.errors import ConfigError
+
+GIB = 2**30
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PREFETCH_BUCKET = 50_000_000  # DeepSpeed's default stage3_prefetch_bucket_size (bg2vec keeps it)
+LOGIT_BYTES = 12  # MNTP's memory per logit at the loss (see the module doc)
+REFERENCE = "the original BgGPT-7B MNTP run did about 2,700 tokens/s on one A100 at seq 512"
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory_gib: float
+    """Total memory as nvidia-smi reports it."""
+    peak_tflops: float
+    """Dense bf16 tensor-core peak (without sparsity), from NVIDIA's datasheets."""
+
+
+GPUS = {g.name.lower(): g for g in [
+    GPU("A10G-24GB", 22.5, 70.0),  # AWS g5's A10 variant: fewer tensor FLOPs than the A10's 125
+    GPU("L4-24GB", 22.5, 121.0),
+    GPU("L40S-48GB", 45.0, 362.0),
+    GPU("A100-40GB", 40.0, 312.0),
+    GPU("A100-80GB", 80.0, 312.0),
+    GPU("H100-80GB", 79.6, 989.0),  # SXM
+    GPU("H200-141GB", 140.4, 989.0),
+]}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The config.json fields that decide a decoder's sizes (names as in transformers' configs)."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    tie_word_embeddings: bool
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    attn_logit_softcapping: bool = False
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+    @property
+    def gemma(self) -> bool:
+        """Gemma-2/3: four norms per layer (before and after attention and MLP)."""
+        return self.model_type in ("gemma2", "gemma3_text")
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.model_type in ("qwen3", "gemma3_text")
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of every projection of one decoder layer."""
+        h, q, kv, i = self.hidden_size, self.q_dim, self.kv_dim, self.intermediate_size
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+_MISTRAL_7B = Architecture("mistral", 32000, 4096, 14336, 32, 32, 8, 128, tie_word_embeddings=False)
+_GEMMA2 = dict(model_type="gemma2", vocab_size=256000, head_dim=256, tie_word_embeddings=True,
+               attn_logit_softcapping=True)
+PRESETS = {
+    # Mistral-7B-v0.1 with 6,000 Bulgarian tokens added to its vocabulary
+    "bggpt-7b": dataclasses.replace(_MISTRAL_7B, vocab_size=38000),
+    "mistral-7b": _MISTRAL_7B,
+    "bggpt-gemma2-9b": Architecture(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+                                    num_attention_heads=16, num_key_value_heads=8, **_GEMMA2),
+    "bggpt-gemma2-2.6b": Architecture(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                                      num_attention_heads=8, num_key_value_heads=4, **_GEMMA2),
+}
+HUB_IDS = {
+    "insait-institute/bggpt-7b-instruct-v0.2": "bggpt-7b",
+    "mistralai/mistral-7b-v0.1": "mistral-7b",
+    "insait-institute/bggpt-gemma-2-9b-it-v1.0": "bggpt-gemma2-9b",
+    "google/gemma-2-9b": "bggpt-gemma2-9b",
+    "google/gemma-2-9b-it": "bggpt-gemma2-9b",
+    "insait-institute/bggpt-gemma-2-2.6b-it-v1.0": "bggpt-gemma2-2.6b",
+    "google/gemma-2-2b": "bggpt-gemma2-2.6b",
+    "google/gemma-2-2b-it": "bggpt-gemma2-2.6b",
+}
+
+
+@dataclass
+class PlanConfig:
+    """Estimate the memory per GPU and the time of an MNTP or SimCSE run before starting it."""
+
+    model: str = "bggpt-7b"
+    """A built-in shape (bggpt-7b, bggpt-gemma2-9b, bggpt-gemma2-2.6b, mistral-7b) or the hub id of
+    one, or a local config.json (or a model folder holding one). Only the shape is read, never weights."""
+    stage: Literal["mntp", "simcse"] = "mntp"
+    """mntp: the *ForCausalLM with its LM head and logits; simcse: the bare model, both views of every
+    text in one forward pass (twice the rows)."""
+    seq_len: int = 512
+    """Tokens per row (MNTP's block length; SimCSE's max_length, an upper bound on its padded rows)."""
+    global_batch_size: int = 32
+    """Rows per optimizer step over all GPUs (as in the training configs)."""
+    micro_batch_size: int | None = None
+    """Rows per GPU per forward pass; empty: global_batch_size / GPUs."""
+    max_steps: int = 1000
+    """Optimizer steps."""
+    lora_rank: int = 16
+    """LoRA rank r."""
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    """Projections with adapters (of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)."""
+    lora_dropout: float = 0.05
+    """LoRA's input dropout: above 0 every adapted projection keeps its dropped-out input and mask."""
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    """DeepSpeed ZeRO stage: 1 shards Adam states, 2 also gradients, 3 also the (frozen) weights."""
+    gradient_checkpointing: bool = True
+    """Keep only each layer's input and recompute the layer in the backward pass."""
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    """Weights and activations."""
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    """eager keeps the heads x seq x seq attention probabilities (Gemma-2 runs eager or flash only)."""
+    attention_dropout: float = 0.0
+    """Dropout on attention probabilities (SimCSE's noise); eager attention then keeps its mask."""
+    gpu: str = "A100-80GB"
+    """GPU type: A10G-24GB, L4-24GB, L40S-48GB, A100-40GB, A100-80GB, H100-80GB, H200-141GB."""
+    gpus_per_node: int = 8
+    """GPUs per node (DeepSpeed's estimators use the node layout)."""
+    nodes: int = 1
+    """Nodes."""
+    mfu: float = 0.35
+    """Model FLOPs utilisation assumed for the time: achieved / peak dense bf16 FLOPs."""
+    overhead_gib: float = 2.0
+    """Fixed memory per GPU outside the model: CUDA context, NCCL buffers, allocator fragmentation."""
+    price_per_gpu_hour: float | None = None
+    """Price of one GPU-hour, for a cost line; empty: no cost."""
+
+    def __post_init__(self) -> None:
+        positive = {"seq_len": self.seq_len, "global_batch_size": self.global_batch_size,
+                    "max_steps": self.max_steps, "lora_rank": self.lora_rank,
+                    "gpus_per_node": self.gpus_per_node, "nodes": self.nodes,
+                    "micro_batch_size": 1 if self.micro_batch_size is None else self.micro_batch_size}
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+        unknown = [m for m in self.lora_target_modules if m not in LORA_TARGETS]
+        if unknown or not self.lora_target_modules:
+            raise ConfigError(f"lora_target_modules={self.lora_target_modules} must be a non-empty list of "
+                              f"{', '.join(LORA_TARGETS)}")
+        for key, value in {"lora_dropout": self.lora_dropout, "attention_dropout": self.attention_dropout}.items():
+            if not 0 <= value < 1:
+                raise ConfigError(f"{key} must be in [0, 1), got {value}")
+        if not 0 < self.mfu <= 1:
+            raise ConfigError(f"mfu must be in (0, 1], got {self.mfu} (e.g. 0.35 for 35% of the peak)")
+        if self.overhead_gib < 0 or (self.price_per_gpu_hour or 0) < 0:
+            raise ConfigError("overhead_gib and price_per_gpu_hour must be >= 0")
+        gpu_spec(self.gpu)
+        if self.model.lower() not in PRESETS and self.model.lower() not in HUB_IDS:
+            _config_json(self.model)
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    @property
+    def micro_batch(self) -> int:
+        return self.micro_batch_size or max(1, self.global_batch_size // self.gpus)
+
+    @property
+    def bytes_per_value(self) -> int:
+        return 2 if self.dtype == "bf16" else 4
+
+
+def gpu_spec(name: str) -> GPU:
+    try:
+        return GPUS[name.lower()]
+    except KeyError:
+        raise ConfigError(f"gpu={name!r} is not a known GPU type; choose one of "
+                          f"{', '.join(g.name for g in GPUS.values())}") from None
+
+
+def _config_json(model: str) -> Path:
+    path = Path(model)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"model={model!r} is neither a built-in shape ({', '.join(PRESETS)}, or the hub id of one) nor "
+            f"an existing config.json or model folder: give the path of the model's config.json (the "
+            f"planner reads no weights and downloads nothing)")
+    return path
+
+
+def load_architecture(model: str) -> Architecture:
+    """A built-in shape, or the one of a local config.json (read by transformers' AutoConfig)."""
+    name = HUB_IDS.get(model.lower(), model.lower())
+    if name in PRESETS:
+        return PRESETS[name]
+    from transformers import AutoConfig
+
+    path = _config_json(model)
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True).get_text_config()
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"model={model!r}: cannot read {path} as a transformers config: {e}") from None
+    return architecture_of(config, where=f"model={model!r} ({path})")
+
+
+def architecture_of(config, where: str = "config") -> Architecture:
+    """The shape of a transformers config object (defaults resolved by its own class)."""
+    from bg2vec.modeling import FAMILIES
+
+    if getattr(config, "model_type", None) not in FAMILIES:
+        raise ConfigError(f"{where}: model_type {getattr(config, 'model_type', None)!r} is not a decoder bg2vec "
+                          f"trains; the planner knows {', '.join(FAMILIES)}")
+    try:
+        heads = config.num_attention_heads
+        return Architecture(
+            model_type=config.model_type, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=heads, num_key_value_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            # Qwen2 always has q/k/v biases; Llama-style configs switch all four with attention_bias
+            qkv_bias=config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False)),
+            o_bias=bool(getattr(config, "attention_bias", False)),
+            mlp_bias=bool(getattr(config, "mlp_bias", False)),
+            attn_logit_softcapping=getattr(config, "attn_logit_softcapping", None) is not None)
+    except AttributeError as e:
+        raise ConfigError(f"{where}: not a decoder config this planner knows ({e})") from None
+
+
+# ---- parameters ------------------------------------------------------------------------------------
+
+def matmul_params_per_layer(arch: Architecture) -> int:
+    return sum(i * o for i, o in arch.linear_shapes().values())
+
+
+def layer_params(arch: Architecture) -> int:
+    """Projections, their biases and the norms of one decoder layer."""
+    h, q, kv, i = arch.hidden_size, arch.q_dim, arch.kv_dim, arch.intermediate_size
+    biases = (q + 2 * kv) * arch.qkv_bias + h * arch.o_bias + (2 * i + h) * arch.mlp_bias
+    norms = (4 if arch.gemma else 2) * h + 2 * arch.head_dim * arch.qk_norm
+    return matmul_params_per_layer(arch) + biases + norms
+
+
+def base_params(arch: Architecture, lm_head: bool = True) -> int:
+    """Embeddings, layers, final norm and (unless tied or not loaded) the LM head."""
+    embed = arch.vocab_size * arch.hidden_size
+    head = embed if lm_head and not arch.tie_word_embeddings else 0
+    return embed + arch.num_hidden_layers * layer_params(arch) + arch.hidden_size + head
+
+
+def lora_params(arch: Architecture, rank: int, targets: list[str]) -> int:
+    """r * (in + out) per adapted projection (A: in -> r, B: r -> out), in every layer."""
+    shapes = arch.linear_shapes()
+    return arch.num_hidden_layers * sum(rank * sum(shapes[t]) for t in set(targets))
+
+
+def largest_module_params(arch: Architecture) -> int:
+    """The biggest single module's own parameters: what ZeRO-3 gathers at once (DeepSpeed's
+    'largest layer', usually the embedding)."""
+    return max(arch.vocab_size * arch.hidden_size, *(i * o for i, o in arch.linear_shapes().values()))
+
+
+# ---- memory ----------------------------------------------------------------------------------------
+
+def layer_activation_bytes_per_token(arch: Architecture, cfg: PlanConfig) -> int:
+    """What one decoder layer keeps for its backward pass, per token, with the base frozen (the
+    formula in the module doc)."""
+    e, h, q, kv, i = cfg.bytes_per_value, arch.hidden_size, arch.q_dim, arch.kv_dim, arch.intermediate_size
+    targets = set(cfg.lora_target_modules)
+    eager = cfg.attn_implementation == "eager"
+    norms = 4 * ((4 if arch.gemma else 2) * h + (q + kv) * arch.qk_norm)
+    mlp = 3 * e * i
+    if eager:
+        per_score = 4 + e + e * arch.attn_logit_softcapping + (cfg.attention_dropout > 0)
+        attention = 3 * e * q + arch.num_attention_heads * cfg.seq_len * per_score
+    else:
+        attention = e * (2 * q + 2 * kv)
+    lora = e * cfg.lora_rank * len(targets)
+    if cfg.lora_dropout > 0:
+        lora += (e + 1) * sum(arch.linear_shapes()[t][0] for t in targets)
+    else:
+        lora += e * (h * bool(targets & {"q_proj", "k_proj", "v_proj"}) + h * bool(targets & {"gate_proj", "up_proj"})
+                     + i * ("down_proj" in targets) + q * ("o_proj" in targets and eager))
+    return norms + mlp + attention + lora
+
+
+@dataclass
+class Memory:
+    """Bytes per GPU, by what holds them."""
+
+    frozen_weights: int
+    gathered_weights: int
+    lora_weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    head: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return sum(dataclasses.astuple(self))
+
+
+def memory(cfg: PlanConfig, arch: Architecture) -> Memory:
+    e, n, stage = cfg.bytes_per_value, cfg.gpus, cfg.zero_stage
+    params = base_params(arch, lm_head=cfg.stage == "mntp")
+    trained = lora_params(arch, cfg.lora_rank, cfg.lora_target_modules)
+    grad_bytes, optim_bytes = (6, 12) if e == 2 else (4, 8)
+
+    def shard(nbytes: int, from_stage: int) -> int:
+        return nbytes // n if stage >= from_stage else nbytes
+
+    rows = cfg.micro_batch * (2 if cfg.stage == "simcse" else 1)
+    tokens = rows * cfg.seq_len
+    layer = layer_activation_bytes_per_token(arch, cfg) * tokens
+    if cfg.gradient_checkpointing:
+        activations = arch.num_hidden_layers * e * arch.hidden_size * tokens + layer
+    else:
+        activations = arch.num_hidden_layers * layer
+    head = tokens * 4 * arch.hidden_size  # the final norm's fp32 copy of its input
+    if cfg.stage == "mntp":
+        head += tokens * LOGIT_BYTES * arch.vocab_size
+    return Memory(
+        frozen_weights=shard(e * params, 3),
+        gathered_weights=e * (largest_module_params(arch) + PREFETCH_BUCKET) if stage == 3 else 0,
+        lora_weights=shard(e * trained, 3), gradients=shard(grad_bytes * trained, 2),
+        optimizer=shard(optim_bytes * trained, 1), activations=activations, head=head,
+        overhead=int(cfg.overhead_gib * GIB))
+
+
+def deepspeed_full_finetune(cfg: PlanConfig, arch: Architecture) -> tuple[str, int] | None:
+    """(function, bytes per GPU) of DeepSpeed's own model-states estimate for training every parameter
+    with Adam, no offload; None for ZeRO-0, which it has no estimator for."""
+    params = base_params(arch, lm_head=cfg.stage == "mntp")
+    if cfg.zero_stage == 3:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        _, gpu_bytes, _ = estimate_zero3_model_states_mem_needs(
+            params, largest_module_params(arch), cfg.gpus_per_node, cfg.nodes, cpu_offload=False,
+            cpu_offload_params=False)
+        return "estimate_zero3_model_states_mem_needs", gpu_bytes
+    if cfg.zero_stage in (1, 2):  # DeepSpeed has one estimator for both; it shards gradients as stage 2
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        _, gpu_bytes = estimate_zero2_model_states_mem_needs(params, cfg.gpus_per_node, cfg.nodes,
+                                                             cpu_offload=False)
+        return "estimate_zero2_model_states_mem_needs", gpu_bytes
+    return None
+
+
+# ---- time ------------------------------------------------------------------------------------------
+
+def flops_per_token(cfg: PlanConfig, arch: Architecture) -> int:
+    """Training FLOPs per processed token with a frozen base and LoRA (the module doc's formula)."""
+    weights = arch.num_hidden_layers * matmul_params_per_layer(arch)
+    head = arch.vocab_size * arch.hidden_size if cfg.stage == "mntp" else 0
+    attention = 4 * arch.num_hidden_layers * cfg.seq_len * arch.q_dim
+    lora = lora_params(arch, cfg.lora_rank, cfg.lora_target_modules)
+    forward = 2 * (weights + head) + attention + 2 * lora
+    backward = 2 * (weights + head) + 2 * attention + 4 * lora
+    recompute = 2 * weights + attention + 2 * lora if cfg.gradient_checkpointing else 0
+    return forward + backward + recompute
+
+
+# ---- the plan --------------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """Everything :func:`render` prints, as numbers."""
+
+    config: PlanConfig
+    architecture: Architecture
+    gpu: GPU
+    params: int
+    lora_params: int
+    memory: Memory
+    deepspeed: tuple[str, int] | None
+    tokens: int
+    flops_per_token: int
+    flops: int
+    seconds: float
+    tokens_per_second_per_gpu: float
+    cost: float | None
+    warnings: list[str]
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.total <= self.gpu.memory_gib * GIB
+
+
+def plan(cfg: PlanConfig) -> Plan:
+    """Memory per GPU, FLOPs, time, cost and warnings of the run ``cfg`` describes."""
+    arch = load_architecture(cfg.model)
+    gpu = gpu_spec(cfg.gpu)
+    mem = memory(cfg, arch)
+    rows_per_step = cfg.global_batch_size * (2 if cfg.stage == "simcse" else 1)
+    tokens = rows_per_step * cfg.seq_len * cfg.max_steps
+    per_token = flops_per_token(cfg, arch)
+    flops = per_token * tokens
+    achieved = gpu.peak_tflops * 1e12 * cfg.mfu
+    seconds = flops / (cfg.gpus * achieved)
+    cost = None if cfg.price_per_gpu_hour is None else seconds / 3600 * cfg.gpus * cfg.price_per_gpu_hour
+    return Plan(config=cfg, architecture=arch, gpu=gpu, params=base_params(arch, cfg.stage == "mntp"),
+                lora_params=lora_params(arch, cfg.lora_rank, cfg.lora_target_modules), memory=mem,
+                deepspeed=deepspeed_full_finetune(cfg, arch), tokens=tokens, flops_per_token=per_token,
+                flops=flops, seconds=seconds, tokens_per_second_per_gpu=achieved / per_token, cost=cost,
+                warnings=_warnings(cfg, arch, gpu, mem))
+
+
+def _warnings(cfg: PlanConfig, arch: Architecture, gpu: GPU, mem: Memory) -> list[str]:
+    notes = []
+    capacity = gpu.memory_gib * GIB
+    if mem.total > capacity:
+        notes.append(f"WILL NOT FIT: {mem.total / GIB:.1f} GiB per GPU needed, a {gpu.name} has "
+                     f"{gpu.memory_gib:.1f} GiB. What would: " + "; ".join(_remedies(cfg, arch)))
+    elif mem.total > 0.9 * capacity:
+        notes.append(f"tight: {mem.total / capacity:.0%} of a {gpu.name}'s memory leaves little room for "
+                     f"allocator spikes; keep a lower micro_batch_size at hand")
+    per_pass = cfg.micro_batch * cfg.gpus
+    if cfg.global_batch_size % per_pass:
+        notes.append(f"global_batch_size={cfg.global_batch_size} is not a multiple of micro_batch_size "
+                     f"({cfg.micro_batch}) x {cfg.gpus} GPUs: the training jobs refuse it; choose sizes that divide")
+    if arch.model_type == "gemma2" and cfg.attn_implementation == "sdpa":
+        notes.append("transformers runs Gemma-2 with eager or flash_attention_2 attention only (logit "
+                     "soft-capping), not sdpa: plan with attn_implementation=eager (the presets' choice)")
+    return notes
+
+
+def _remedies(cfg: PlanConfig, arch: Architecture) -> list[str]:
+    """Single changes that lower the memory per GPU, each with what it would then need."""
+    changes: list[dict] = []
+    if cfg.zero_stage < 3 and cfg.gpus > 1:
+        changes.append({"zero_stage": 3})
+    if not cfg.gradient_checkpointing:
+        changes.append({"gradient_checkpointing": True})
+    if cfg.zero_stage == 3:
+        changes.append({"nodes": cfg.nodes * 2})
+    capacity = gpu_spec(cfg.gpu).memory_gib * GIB
+    micro = cfg.micro_batch
+    while micro > 1:  # the largest micro-batch that fits, else the smallest
+        micro //= 2
+        if micro == 1 or memory(dataclasses.replace(cfg, micro_batch_size=micro), arch).total <= capacity:
+            changes.append({"micro_batch_size": micro})
+            break
+    need_now = memory(cfg, arch).total
+    remedies = []
+    for change in changes:
+        need = memory(dataclasses.replace(cfg, **change), arch).total
+        if need < need_now:
+            setting = " ".join(f"{k}={str(v).lower()}" for k, v in change.items())
+            remedies.append(f"{setting} -> {need / GIB:.1f} GiB{'' if need <= capacity else ' (not enough alone)'}")
+    bigger = [g for g in sorted(GPUS.values(), key=lambda g: g.memory_gib) if need_now <= g.memory_gib * GIB]
+    if bigger:
+        remedies.append(f"gpu={bigger[0].name}")
+    return remedies
+
+
+def render(p: Plan) -> str:
+    """The plan as a printed table."""
+    cfg, arch, mem, gpu = p.config, p.architecture, p.memory, p.gpu
+    stage3, row = cfg.zero_stage == 3, "  {:60s} {:>12s}"
+    accumulation = cfg.global_batch_size / (cfg.micro_batch * cfg.gpus)
+    lines = [
+        f"bg2vec plan: {cfg.model} ({arch.model_type}), {cfg.stage.upper()}, on {cfg.nodes} node(s) x "
+        f"{cfg.gpus_per_node} {gpu.name} = {cfg.gpus} GPU(s)",
+        f"  {p.params:,} parameters as loaded; LoRA r={cfg.lora_rank} on {', '.join(cfg.lora_target_modules)}:",
+        f"  {p.lora_params:,} trained ({p.lora_params / p.params:.2%}); ZeRO-{cfg.zero_stage}, gradient checkpointing "
+        f"{'on' if cfg.gradient_checkpointing else 'off'}, {cfg.dtype}, {cfg.attn_implementation} attention",
+        f"  {cfg.max_steps} steps x {cfg.global_batch_size} rows of {cfg.seq_len} tokens = {cfg.gpus} GPU(s) x "
+        f"micro-batch {cfg.micro_batch} x accumulation {accumulation:g}"
+        + (" (SimCSE: both views in one pass, 2 x the rows)" if cfg.stage == "simcse" else ""),
+        "",
+        row.format("memory per GPU", "GiB"),
+    ]
+    parts = [(f"frozen base weights ({cfg.dtype}{f', sharded 1/{cfg.gpus} by ZeRO-3' if stage3 else ''})",
+              mem.frozen_weights)]
+    if stage3:
+        parts.append(("ZeRO-3 gathered weights (largest module + prefetch bucket)", mem.gathered_weights))
+    parts += [
+        (f"LoRA weights{' (sharded)' if stage3 else ''}", mem.lora_weights),
+        (f"LoRA gradients, bf16 + fp32{' (sharded)' if cfg.zero_stage >= 2 else ''}", mem.gradients),
+        (f"Adam: fp32 master + 2 moments{' (sharded)' if cfg.zero_stage >= 1 else ''}", mem.optimizer),
+        (f"activations: {arch.num_hidden_layers} layer inputs + 1 layer recomputed" if cfg.gradient_checkpointing
+         else f"activations: all {arch.num_hidden_layers} layers", mem.activations),
+        ("final norm and logits (12 B each)" if cfg.stage == "mntp" else "final norm", mem.head),
+        ("fixed overhead (CUDA context, NCCL, fragmentation)", mem.overhead),
+        ("total", mem.total),
+    ]
+    lines += [row.format(label, f"{nbytes / GIB:.2f}") for label, nbytes in parts]
+    lines.append(row.format(f"{gpu.name} memory: {'fits' if p.fits else 'DOES NOT FIT'}, "
+                            f"{mem.total / (gpu.memory_gib * GIB):.0%} used", f"{gpu.memory_gib:.2f}"))
+    states = mem.frozen_weights + mem.gathered_weights + mem.lora_weights + mem.gradients + mem.optimizer
+    lines.append(row.format("model states above (weights, LoRA, gradients, Adam)", f"{states / GIB:.2f}"))
+    if p.deepspeed:
+        function, nbytes = p.deepspeed
+        lines += [row.format(f"DeepSpeed {function}", f"{nbytes / GIB:.2f}"),
+                  "    (DeepSpeed's estimators assume every parameter is trained with Adam: full fine-tuning, the",
+                  "    'without LoRA' bound; here the base is frozen and only the LoRA parameters have gradients",
+                  "    and Adam states)"]
+    else:
+        lines.append("  (DeepSpeed has model-state estimators for ZeRO-1/2 and ZeRO-3 only)")
+    hours = p.seconds / 3600
+    recompute = " + recompute" if cfg.gradient_checkpointing else ""
+    lines += [
+        "",
+        f"  time at {cfg.mfu:.0%} MFU of {gpu.peak_tflops:g} peak bf16 TFLOPS per GPU",
+        row.format(f"FLOPs per token (frozen base + LoRA{recompute})", f"{p.flops_per_token:.3e}"),
+        row.format("tokens processed" + (" (both views)" if cfg.stage == "simcse" else ""), f"{p.tokens:,}"),
+        row.format("total FLOPs", f"{p.flops:.3e}"),
+        row.format("tokens/s per GPU", f"{p.tokens_per_second_per_gpu:,.0f}"),
+        f"    (reference: {REFERENCE})",
+        row.format("wall time, hours", f"{hours:.2f}"),
+        row.format("GPU-hours", f"{hours * cfg.gpus:,.1f}"),
+    ]
+    if p.cost is not None:
+        lines.append(row.format(f"cost at {cfg.price_per_gpu_hour:g} per GPU-hour", f"{p.cost:,.2f}"))
+    lines += [""] * bool(p.warnings) + [f"WARNING: {w}" for w in p.warnings]
+    return "\n".join(lines)

@@ -1,0 +1,35 @@
+"""Embed a corpus for retrieval (RAG): passages of every document, encoded by an actor pool, as Parquet.
+
+    # the embedded default: the tiny pipeline's encoder on the sample dump's pages (CPU)
+    python jobs/embed.py --config configs/tiny/embed.yaml model=runs/demo/simcse input=runs/demo/data \\
+        output=runs/demo/vectors
+
+    # a trained BgGPT encoder on a GPU cluster: one actor per GPU, vectors to S3
+    ray job submit --working-dir . -- python jobs/embed.py --config configs/bggpt-7b/embed.yaml \\
+        model=/mnt/models/bg2vec-7b input=s3://my-bucket/bgwiki/pages output=s3://my-bucket/bgwiki/vectors
+
+Writes output/vectors/<shard>.parquet (id, passage_index, passage, char_start, char_end, vector) per
+input file and, last, output/manifest.json. Run it again after an interruption: finished shards are
+skipped.
+"""
+
+from bg2vec.cli import run_job
+from bg2vec.embedding.config import EmbedConfig
+
+
+def main(cfg: EmbedConfig) -> str:
+    from bg2vec.embedding.pipeline import embed
+    from bg2vec.storage import redact
+
+    manifest = embed(cfg)
+    run = manifest["this_run"]
+    if manifest["already_complete"]:
+        return f"{redact(cfg.output)} is already complete ({manifest['passages']} passages); nothing to do"
+    return (f"embedded {manifest['passages']} passages of {len(manifest['shards'])} shard(s) into "
+            f"{redact(cfg.output)} (dimension {manifest['dimension']}); this run: {run['shards']} shard(s), "
+            f"{run['passages']} passages in {run['seconds']:.1f} s = {run['passages_per_s']:.1f} passages/s, "
+            f"{run['tokens_per_s']:.0f} tokens/s ({manifest['skipped']} shard(s) finished earlier)")
+
+
+if __name__ == "__main__":
+    run_job(EmbedConfig, main, __doc__)
