@@ -12,8 +12,9 @@ one micro-batch = rows x seq_len, where SimCSE's rows are twice the micro-batch:
 through one forward pass):
 
 * frozen base weights: e*N, divided by n under ZeRO-3 (which also shards frozen parameters);
-* ZeRO-3 gathered weights: e * (largest module + DeepSpeed's default prefetch bucket of 5e7
-  parameters), the full weights it gathers just before each module runs;
+* ZeRO-3 gathered weights: e * (largest unit + DeepSpeed's default prefetch bucket of 5e7
+  parameters), the full weights it gathers just before each unit runs (the embedding, or a whole
+  decoder layer: bg2vec makes each layer one ZeRO-3 unit);
 * LoRA (P trainable parameters), as DeepSpeed's estimators count bf16 training: weights e*P, gradients
   6*P (bf16 + fp32), Adam 12*P (fp32 master copy + two moments); in fp32 the weights are their own
   master: 4*P, 4*P, 8*P. Stage 1 shards the Adam states over n, stage 2 also the gradients, stage 3
@@ -314,9 +315,10 @@ def lora_params(arch: Architecture, rank: int, targets: list[str]) -> int:
 
 
 def largest_module_params(arch: Architecture) -> int:
-    """The biggest single module's own parameters: what ZeRO-3 gathers at once (DeepSpeed's
-    'largest layer', usually the embedding)."""
-    return max(arch.vocab_size * arch.hidden_size, *(i * o for i, o in arch.linear_shapes().values()))
+    """The most parameters ZeRO-3 gathers at once (DeepSpeed's 'largest layer'): the embedding or
+    one whole decoder layer, which bg2vec's training makes a single ZeRO-3 unit
+    (bg2vec.training.model.zero3_fetch_whole_layers)."""
+    return max(arch.vocab_size * arch.hidden_size, layer_params(arch))
 
 
 # ---- memory ----------------------------------------------------------------------------------------
@@ -535,7 +537,7 @@ def render(p: Plan) -> str:
     parts = [(f"frozen base weights ({cfg.dtype}{f', sharded 1/{cfg.gpus} by ZeRO-3' if stage3 else ''})",
               mem.frozen_weights)]
     if stage3:
-        parts.append(("ZeRO-3 gathered weights (largest module + prefetch bucket)", mem.gathered_weights))
+        parts.append(("ZeRO-3 gathered weights (largest unit + prefetch bucket)", mem.gathered_weights))
     parts += [
         (f"LoRA weights{' (sharded)' if stage3 else ''}", mem.lora_weights),
         (f"LoRA gradients, bf16 + fp32{' (sharded)' if cfg.zero_stage >= 2 else ''}", mem.gradients),

@@ -117,8 +117,9 @@ def test_zero3_memory_by_hand():
                      lora_rank=16, lora_dropout=0.05, overhead_gib=2.0)
     mem = memory(cfg, PRESETS["bggpt-7b"])
     assert mem.frozen_weights == 2 * BGGPT_7B // 8 == 1_822_721_024  # bf16, sharded over 8 GPUs
-    # the embedding (38,000 x 4,096) gathered whole + DeepSpeed's 5e7-parameter prefetch bucket, bf16
-    assert mem.gathered_weights == 2 * (155_648_000 + 50_000_000) == 411_296_000
+    # one decoder layer (218,103,808 in projections + 2 x 4,096 norms = 218,112,000, more than the
+    # 38,000 x 4,096 embedding) gathered whole + DeepSpeed's 5e7-parameter prefetch bucket, bf16
+    assert mem.gathered_weights == 2 * (218_112_000 + 50_000_000) == 536_224_000
     assert mem.lora_weights == 2 * BGGPT_7B_LORA // 8
     assert mem.gradients == 6 * BGGPT_7B_LORA // 8  # bf16 + fp32
     assert mem.optimizer == 12 * BGGPT_7B_LORA // 8  # fp32 master + 2 moments
@@ -132,7 +133,7 @@ def test_zero3_memory_by_hand():
     # final norm's fp32 copy 4 x 4,096 + 38,000 logits x 12 B = 472,384 B per token
     assert mem.head == 472_384 * 2_048
     assert mem.overhead == 2 * GIB
-    assert mem.total == (1_822_721_024 + 411_296_000 + 20 * BGGPT_7B_LORA // 8 + 536_870_912
+    assert mem.total == (1_822_721_024 + 536_224_000 + 20 * BGGPT_7B_LORA // 8 + 536_870_912
                          + (256_224 + 472_384) * 2_048 + 2 * GIB)
 
 
@@ -259,12 +260,12 @@ def test_deepspeed_estimator_is_called_and_shown(monkeypatch):
     monkeypatch.setattr(stage12, "estimate_zero2_model_states_mem_needs",
                         lambda *a, **k: calls.append(a) or real2(*a, **k))
     p = plan(PlanConfig(model="bggpt-7b", zero_stage=3, gpus_per_node=8))
-    assert calls == [(BGGPT_7B, 155_648_000, 8, 1)]
+    assert calls == [(BGGPT_7B, 218_112_000, 8, 1)]
     # DeepSpeed's ZeRO-3 formula without offload: 4 B x largest layer + 18 B x every parameter / GPUs
-    expected = 4 * 155_648_000 + int(18 * BGGPT_7B / 8)
+    expected = 4 * 218_112_000 + int(18 * BGGPT_7B / 8)
     assert p.deepspeed == ("estimate_zero3_model_states_mem_needs", expected)
     text = render(p)
-    assert "estimate_zero3_model_states_mem_needs" in text and f"{expected / GIB:.2f}" in text  # 15.86
+    assert "estimate_zero3_model_states_mem_needs" in text and f"{expected / GIB:.2f}" in text  # 16.09
     p2 = plan(PlanConfig(model="bggpt-7b", zero_stage=2, gpus_per_node=8))
     assert p2.deepspeed == ("estimate_zero2_model_states_mem_needs", 2 * BGGPT_7B + int(18 * BGGPT_7B / 8))
     assert plan(PlanConfig(model="bggpt-7b", zero_stage=0, gpus_per_node=8)).deepspeed is None

@@ -178,7 +178,8 @@ def _popen_job(args: list[str], ray_head) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-SHORT = ["--config", "configs/tiny/mntp.yaml", "max_steps=30", "run.checkpoint_every=10", "run.eval_every=0"]
+# 60 steps, checkpoints every 10: the tests interrupt a run at its first checkpoint, with 50 steps still to go
+SHORT = ["--config", "configs/tiny/mntp.yaml", "max_steps=60", "run.checkpoint_every=10", "run.eval_every=0"]
 
 
 def test_a_killed_run_started_again_resumes_from_its_last_checkpoint(ray_head, tiny_data, tmp_path):
@@ -196,7 +197,7 @@ def test_a_killed_run_started_again_resumes_from_its_last_checkpoint(ray_head, t
     assert int(resumed.group(2)) == 8 * int(resumed.group(1))
     first_step = logged(again.stdout, "mntp")[0]["step"]
     assert first_step > int(resumed.group(1))  # no step was repeated
-    assert "mntp finished: step 30, 240 samples" in again.stdout  # as an uninterrupted run
+    assert "mntp finished: step 60, 480 samples" in again.stdout  # as an uninterrupted run
     assert (tmp_path / "model" / "bg2vec_config.json").is_file()
 
 
@@ -208,8 +209,8 @@ def test_a_dead_worker_makes_ray_train_restart_from_the_checkpoint(ray_head, tin
     workers[-1].kill()
     stdout, _ = job.communicate(timeout=900)
     assert job.returncode == 0, stdout[-4000:]
-    assert re.search(r"resumed from \S+checkpoint_00000[1-2]0 at step [12]0", stdout), stdout[-4000:]
-    assert "mntp finished: step 30, 240 samples" in stdout
+    assert re.search(r"resumed from \S+checkpoint_00000[1-5]0 at step [1-5]0", stdout), stdout[-4000:]
+    assert "mntp finished: step 60, 480 samples" in stdout  # as an uninterrupted run
 
 
 def test_nan_loss_stops_the_run_with_a_clear_error(ray_head, tiny_data, tmp_path):
