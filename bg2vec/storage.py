@@ -24,6 +24,11 @@ def is_local(uri_or_path: str) -> bool:
     return "://" not in uri_or_path or uri_or_path.startswith("file://")
 
 
+def absolute(uri_or_path: str) -> str:
+    """A local path made absolute (Ray's workers do not run in the driver's directory); URIs as they are."""
+    return uri_or_path if "://" in uri_or_path else os.path.abspath(os.path.expanduser(uri_or_path))
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts of a filesystem path (always '/', also for the local filesystem)."""
     return posixpath.join(base, *parts)

@@ -6,6 +6,7 @@ Nothing heavy happens here: the driver never loads the model; it resolves where 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from bg2vec.data.pipeline import load_manifest
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.encoder import CONFIG_NAME
 from bg2vec.ray_utils import init_ray, reraise_user_error
-from bg2vec.storage import child, exists, is_local, redact, resolve
+from bg2vec.storage import absolute, child, exists, is_local, redact, resolve
 from bg2vec.training.config import MNTPConfig, TrainConfig
 from bg2vec.training.data import block_datasets, dev_dataset, fits_in_memory, text_datasets
 from bg2vec.training.output import output_state, take_failure
@@ -27,6 +28,11 @@ def run_stage(cfg: TrainConfig, callbacks: Sequence = ()) -> dict:
     ``callbacks``: Ray Train callbacks for the run (a Tune trial passes its TuneReportCallback). In a
     Tune trial Ray is already running and the run joins it."""
     stage = "mntp" if isinstance(cfg, MNTPConfig) else "simcse"
+    # the workers read and write these paths from directories of their own
+    cfg = dataclasses.replace(cfg, data=absolute(cfg.data), output=absolute(cfg.output),
+                              **({"mntp": absolute(cfg.mntp)} if stage == "simcse" else {}))
+    if os.path.exists(cfg.model.name_or_path):  # a local base model folder
+        cfg.model = dataclasses.replace(cfg.model, name_or_path=absolute(cfg.model.name_or_path))
     manifest = load_manifest(cfg.data)
     state = output_state(cfg.output)
     if state != "missing" and not cfg.overwrite:
