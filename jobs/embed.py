@@ -2,7 +2,7 @@
 
     # the embedded default: the tiny pipeline's encoder on the sample dump's pages (CPU)
     python jobs/embed.py --config configs/tiny/embed.yaml model=runs/demo/simcse input=runs/demo/data \\
-        output=runs/demo/vectors
+        output=runs/demo/embeddings
 
     # a trained BgGPT encoder on a GPU cluster: one actor per GPU, vectors to S3
     ray job submit --working-dir . -- python jobs/embed.py --config configs/bggpt-7b/embed.yaml \\

@@ -9,8 +9,8 @@
     # BgGPT-7B on a cluster (each stage as its own job is often handier: see README)
     ray job submit --working-dir . -- python jobs/pipeline.py --preset bggpt-7b output=s3://my-bucket/bg2vec
 
-Writes OUTPUT/data, OUTPUT/mntp, OUTPUT/simcse, OUTPUT/eval and OUTPUT/vectors (the prepared pages,
-embedded). A stage whose output is already complete is skipped, so running the command again continues
+Writes OUTPUT/data, OUTPUT/mntp, OUTPUT/simcse, OUTPUT/eval and OUTPUT/embeddings (the prepared
+pages, embedded). A stage whose output is already complete is skipped, so running the command again continues
 where it stopped (overwrite=true redoes everything); the training stages resume from their checkpoints
 and the embedding from its finished shards.
 """
@@ -27,7 +27,7 @@ from bg2vec.storage import child
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "mntp", "simcse", "evaluate", "embed")
-OUTPUTS = {"prepare": "data", "mntp": "mntp", "simcse": "simcse", "evaluate": "eval", "embed": "vectors"}
+OUTPUTS = {"prepare": "data", "mntp": "mntp", "simcse": "simcse", "evaluate": "eval", "embed": "embeddings"}
 LAST_WRITTEN = {"prepare": "manifest.json", "mntp": "bg2vec_config.json", "simcse": "bg2vec_config.json",
                 "evaluate": "results.json", "embed": "manifest.json"}
 
@@ -112,7 +112,7 @@ def main() -> None:
     rest = [s for s in args.settings if s.split("=", 1)[0] not in ("output", "overwrite")]
     try:
         if "output" not in top:
-            raise ConfigError("output=DIR is required (where data/, mntp/, simcse/, eval/ and vectors/ go)")
+            raise ConfigError("output=DIR is required (where data/, mntp/, simcse/, eval/ and embeddings/ go)")
         print(run(args.preset, top["output"], top.get("overwrite", "false").lower() == "true", rest))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -24,7 +24,7 @@ def test_stages_are_wired_and_overrides_reach_their_stage(tmp_path):
     assert (configs["simcse"].mntp, configs["simcse"].output) == (f"{tmp_path}/mntp", f"{tmp_path}/simcse")
     assert (configs["evaluate"].model, configs["evaluate"].batch_size) == (f"{tmp_path}/simcse", 3)
     assert (configs["embed"].model, configs["embed"].input, configs["embed"].output) == (
-        f"{tmp_path}/simcse", f"{tmp_path}/data", f"{tmp_path}/vectors")
+        f"{tmp_path}/simcse", f"{tmp_path}/data", f"{tmp_path}/embeddings")
     assert configs["simcse"].max_steps == 30  # the preset's own value where nothing overrides it
     with pytest.raises(ConfigError, match="prefix it with a stage"):
         pipeline.stage_configs("tiny", str(tmp_path), ["max_steps=7"])
