@@ -7,6 +7,7 @@ import gzip
 import logging
 import lzma
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,54 @@ def sample_xml() -> bytes:
 
 def compress(data: bytes, codec: str) -> bytes:
     return {"bz2": bz2.compress, "xz": lzma.compress, "gzip": gzip.compress, "plain": bytes}[codec](data)
+
+
+@pytest.fixture
+def s3():
+    """A real S3 API (moto's server) on a free port: (a pyarrow filesystem holding an empty "bucket",
+    the URI template "s3://k:s@bucket/{}?endpoint_override=...", credentials in it as users write them)."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        fs = pafs.S3FileSystem(access_key="k", secret_key="s", endpoint_override=f"127.0.0.1:{port}",
+                               scheme="http", region="us-east-1", allow_bucket_creation=True)
+        fs.create_dir("bucket")
+        yield fs, f"s3://k:s@bucket/{{}}?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    finally:
+        server.stop()
+
+
+def write_trained_encoder(root: Path, tokenizer, **settings) -> Path:
+    """A tiny Mistral base with an MNTP and a SimCSE stage (random LoRA weights), laid out as the
+    training jobs write it; ``settings`` go to its EncoderConfig (e.g. max_length)."""
+    from copy import deepcopy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    from bg2vec.modeling.encoder import EncoderConfig, write_encoder_files
+    from bg2vec.modeling.tiny import tiny_config
+
+    torch.manual_seed(0)
+    base = AutoModel.from_config(tiny_config("mistral", len(tokenizer)))
+    base.save_pretrained(root / "base_model")
+    tokenizer.save_pretrained(root / "base_model")
+
+    def lora(model, seed):
+        torch.manual_seed(seed)
+        return get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+
+    first = lora(deepcopy(base), 1)
+    first.save_pretrained(root / "stages" / "mntp")
+    lora(first.merge_and_unload(), 2).save_pretrained(root)
+    write_encoder_files(root, tokenizer, EncoderConfig(base_model="base_model", family="mistral", stages=[
+        {"name": "mntp", "adapter": "stages/mntp", "hyperparameters": {}},
+        {"name": "simcse", "adapter": ".", "hyperparameters": {}}], **settings))
+    return root

@@ -6,19 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
-from copy import deepcopy
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
 from bg2vec import Bg2Vec
 from bg2vec.config import load_config
@@ -28,9 +24,7 @@ from bg2vec.embedding.config import EmbedConfig
 from bg2vec.embedding.passages import passage_windows
 from bg2vec.embedding.pipeline import embed
 from bg2vec.errors import Bg2VecError, ConfigError
-from bg2vec.modeling.encoder import EncoderConfig, write_encoder_files
-from bg2vec.modeling.tiny import tiny_config
-from conftest import REPO
+from conftest import REPO, write_trained_encoder
 
 pytestmark = pytest.mark.slow
 
@@ -64,23 +58,7 @@ def encoder_dir(pages, tmp_path_factory):
     """A tiny Mistral with an MNTP and a SimCSE stage (random LoRA), as the training jobs write it."""
     data, _, _ = pages
     tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
-    root = tmp_path_factory.mktemp("encoder")
-    torch.manual_seed(0)
-    base = AutoModel.from_config(tiny_config("mistral", len(tokenizer)))
-    base.save_pretrained(root / "base_model")
-    tokenizer.save_pretrained(root / "base_model")
-
-    def lora(model, seed):
-        torch.manual_seed(seed)
-        return get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-
-    first = lora(deepcopy(base), 1)
-    first.save_pretrained(root / "stages" / "mntp")
-    lora(first.merge_and_unload(), 2).save_pretrained(root)
-    write_encoder_files(root, tokenizer, EncoderConfig(base_model="base_model", family="mistral", max_length=64,
-                                                       stages=[{"name": "mntp", "adapter": "stages/mntp"},
-                                                               {"name": "simcse", "adapter": "."}]))
-    return root
+    return write_trained_encoder(tmp_path_factory.mktemp("encoder"), tokenizer, max_length=64)
 
 
 def config(encoder_dir, input_path, output, *overrides) -> EmbedConfig:
@@ -180,35 +158,21 @@ def test_jsonl_without_ids_through_the_job(pages, encoder_dir, tmp_path):
     np.testing.assert_allclose(np.stack(vectors.column("vector").to_numpy(zero_copy_only=False)), expected, atol=1e-5)
 
 
-def test_model_input_and_output_on_s3(pages, encoder_dir, embedded):
-    """A real S3 API (moto's server): the actors fetch the model, Ray Data reads the shards, the driver writes."""
-    from moto.server import ThreadedMotoServer
-
+def test_model_input_and_output_on_s3(pages, encoder_dir, embedded, s3):
+    """A real S3 API: the actors fetch the model, Ray Data reads the shards, the driver writes."""
     _, shards, _ = pages
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        fs = pafs.S3FileSystem(access_key="k", secret_key="s", endpoint_override=f"127.0.0.1:{port}",
-                               scheme="http", region="us-east-1", allow_bucket_creation=True)
-        fs.create_dir("bucket")
-        pafs.copy_files(str(encoder_dir), "bucket/encoder", source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=fs)
-        pafs.copy_files(str(shards), "bucket/corpus", source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=fs)
-        uri = f"s3://k:s@bucket/{{}}?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        manifest = embed(config(uri.format("encoder"), uri.format("corpus"), uri.format("vectors")))
-        local, _ = embedded
-        assert manifest["passages"] == json.loads((local / "manifest.json").read_text())["passages"]
-        for name in ("pages-0.parquet", "pages-3-blank.parquet"):
-            assert pq.read_table(f"bucket/vectors/vectors/{name}", filesystem=fs).equals(
-                pq.read_table(local / "vectors" / name))
-        saved = fs.open_input_stream("bucket/vectors/manifest.json").read().decode()
-        assert "k:s@" not in saved and "s3://***@bucket/encoder" in saved  # credentials never saved
-    finally:
-        server.stop()
+    fs, uri = s3
+    pafs.copy_files(str(encoder_dir), "bucket/encoder", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    pafs.copy_files(str(shards), "bucket/corpus", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    manifest = embed(config(uri.format("encoder"), uri.format("corpus"), uri.format("vectors")))
+    local, _ = embedded
+    assert manifest["passages"] == json.loads((local / "manifest.json").read_text())["passages"]
+    for name in ("pages-0.parquet", "pages-3-blank.parquet"):
+        assert pq.read_table(f"bucket/vectors/vectors/{name}", filesystem=fs).equals(
+            pq.read_table(local / "vectors" / name))
+    saved = fs.open_input_stream("bucket/vectors/manifest.json").read().decode()
+    assert "k:s@" not in saved and "s3://***@bucket/encoder" in saved  # credentials never saved
 
 
 def test_bad_inputs_are_named_and_write_nothing(pages, encoder_dir, tmp_path):

@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from copy import deepcopy
 
 import numpy as np
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModel
 
 from bg2vec import Bg2Vec
 from bg2vec.config import from_dict, load_config
@@ -23,9 +19,7 @@ from bg2vec.evaluation.exams import exams_paragraphs, exams_retrieval, question_
 from bg2vec.evaluation.models import baselines_of
 from bg2vec.evaluation.runner import evaluate
 from bg2vec.evaluation.tasks import TaskSpec, load_task
-from bg2vec.modeling.encoder import EncoderConfig, write_encoder_files
-from bg2vec.modeling.tiny import tiny_config
-from conftest import REPO
+from conftest import REPO, write_trained_encoder
 
 SENTENCES = {"спорт": ["Отборът спечели мача с два гола.", "Футболистът вкара гол в последната минута.",
                        "Треньорът похвали играчите след мача.", "Бегачката спечели златен медал."],
@@ -38,24 +32,7 @@ def trained_dir(tmp_path_factory):
     """A tiny Mistral base with two trained stages (random LoRA weights), as jobs/simcse.py writes it."""
     texts = [t for group in SENTENCES.values() for t in group]
     tokenizer = train_bpe_tokenizer(iter(texts * 20), vocab_size=300)
-    root = tmp_path_factory.mktemp("trained")
-    torch.manual_seed(0)
-    base = AutoModel.from_config(tiny_config("mistral", len(tokenizer)))
-    base.save_pretrained(root / "base_model")
-    tokenizer.save_pretrained(root / "base_model")
-
-    def lora(model, seed):
-        torch.manual_seed(seed)
-        peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-        return peft
-
-    first = lora(deepcopy(base), 1)
-    first.save_pretrained(root / "stages" / "mntp")
-    lora(first.merge_and_unload(), 2).save_pretrained(root)
-    write_encoder_files(root, tokenizer, EncoderConfig(base_model="base_model", family="mistral", stages=[
-        {"name": "mntp", "adapter": "stages/mntp", "hyperparameters": {}},
-        {"name": "simcse", "adapter": ".", "hyperparameters": {}}]))
-    return root
+    return write_trained_encoder(tmp_path_factory.mktemp("trained"), tokenizer)
 
 
 @pytest.fixture(scope="module")

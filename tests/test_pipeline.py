@@ -7,7 +7,6 @@ import functools
 import hashlib
 import http.server
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -236,33 +235,20 @@ def test_output_as_uri(ray_local, tmp_path, mistral_tokenizer_dir):
     assert manifest["config"] == to_dict(expected)
 
 
-def test_dump_and_output_on_s3(ray_local, tmp_path, sample_xml):
-    """A real S3 API (moto's server): read the dump with ranged GETs, write every output there."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        fs = pafs.S3FileSystem(access_key="k", secret_key="s", endpoint_override=f"127.0.0.1:{port}",
-                               scheme="http", region="us-east-1", allow_bucket_creation=True)
-        fs.create_dir("bucket")
-        with fs.open_output_stream("bucket/dumps/bgwiki-sample.xml") as f:
-            f.write(sample_xml)
-        base = f"s3://k:s@bucket/{{}}?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        manifest = run(base.format("prepared"), f"dump={base.format('dumps/bgwiki-sample.xml')}", "range_mb=0.05")
-        assert manifest["counts"]["pages_kept"] == SAMPLE_ARTICLES and manifest["source"]["read_ranges"] == 5
-        saved = fs.open_input_stream("bucket/prepared/manifest.json").read().decode()
-        assert json.loads(saved)["counts"] == manifest["counts"]
-        assert "k:s@" not in saved and "s3://***@bucket/prepared" in saved  # credentials never saved
-        assert pq.read_table("bucket/prepared/pages", filesystem=fs).num_rows == SAMPLE_ARTICLES
-        train = pq.read_table("bucket/prepared/blocks/train", filesystem=fs)
-        assert train.num_rows == manifest["counts"]["blocks"]["train"]
-        assert fs.get_file_info("bucket/prepared/tokenizer/tokenizer.json").type == pafs.FileType.File
-    finally:
-        server.stop()
+def test_dump_and_output_on_s3(ray_local, tmp_path, sample_xml, s3):
+    """A real S3 API: read the dump with ranged GETs, write every output there."""
+    fs, base = s3
+    with fs.open_output_stream("bucket/dumps/bgwiki-sample.xml") as f:
+        f.write(sample_xml)
+    manifest = run(base.format("prepared"), f"dump={base.format('dumps/bgwiki-sample.xml')}", "range_mb=0.05")
+    assert manifest["counts"]["pages_kept"] == SAMPLE_ARTICLES and manifest["source"]["read_ranges"] == 5
+    saved = fs.open_input_stream("bucket/prepared/manifest.json").read().decode()
+    assert json.loads(saved)["counts"] == manifest["counts"]
+    assert "k:s@" not in saved and "s3://***@bucket/prepared" in saved  # credentials never saved
+    assert pq.read_table("bucket/prepared/pages", filesystem=fs).num_rows == SAMPLE_ARTICLES
+    train = pq.read_table("bucket/prepared/blocks/train", filesystem=fs)
+    assert train.num_rows == manifest["counts"]["blocks"]["train"]
+    assert fs.get_file_info("bucket/prepared/tokenizer/tokenizer.json").type == pafs.FileType.File
 
 
 def _job(*args, cwd=REPO):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bg2vec.errors import ConfigError
+from bg2vec.storage import redact
 
 
 @dataclass
@@ -64,8 +65,6 @@ class EmbedConfig:
 
     def content_key(self) -> dict:
         """The settings the vectors depend on: a resumed run must have the same."""
-        from bg2vec.storage import redact
-
         key = {k: getattr(self, k) for k in ("model", "input", "text_column", "id_column", "passage_tokens",
                                              "overlap_tokens", "instruction", "normalize", "dtype")}
         return key | {"model": redact(self.model), "input": redact(self.input)}  # saved: never credentials

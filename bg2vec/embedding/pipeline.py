@@ -124,8 +124,8 @@ class OutputDir:
         path = self.vectors(shard)
         if not exists(self.fs, path):
             return None
-        schema = pq.read_schema(path, filesystem=self.fs)
-        return pq.read_metadata(path, filesystem=self.fs).num_rows, schema.field("vector").type.list_size
+        metadata = pq.read_metadata(path, filesystem=self.fs)
+        return metadata.num_rows, metadata.schema.to_arrow_schema().field("vector").type.list_size
 
     def write_manifest(self, manifest: dict) -> None:
         write_bytes_atomic(self.fs, self.manifest_path, json.dumps(manifest, indent=1).encode())
