@@ -1,6 +1,10 @@
-"""Training components without Ray: batch arithmetic, DeepSpeed config, adapter layout, texts."""
+"""Training components without Ray: batch arithmetic, DeepSpeed config, adapter layout, texts, CPU settings."""
 
 from __future__ import annotations
+
+import os
+import threading
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -110,3 +114,49 @@ def test_dev_score_is_the_mrr_of_each_first_half_finding_its_own_second_half():
     assert continuation_mrr(first * 5, second * 0.1) == pytest.approx(7 / 9)  # cosine: scale does not matter
     same = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     assert continuation_mrr(same, same) == 1.0  # a tie with the right half counts in its favour
+
+
+def _nonzero_in_fresh_thread(flush: bool) -> int:
+    """Subnormals left after arithmetic on 2 torch threads started in a fresh Python thread."""
+    from bg2vec.training.model import flush_denormals
+
+    found = []
+
+    def work():
+        if flush:
+            flush_denormals()
+        subnormal = torch.full((4_000_000,), 1e-40)  # large enough to be split over both threads
+        found.append(int((subnormal * 1.0).count_nonzero()))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(threads)
+    return found[0]
+
+
+def test_flushed_denormals_are_zero_on_every_torch_thread():
+    assert _nonzero_in_fresh_thread(flush=False) == 4_000_000  # the default: subnormals are kept
+    assert _nonzero_in_fresh_thread(flush=True) == 0  # both halves: the compute threads inherit the setting
+
+
+def test_deepspeed_counts_cpu_devices_without_a_subprocess_once_told(monkeypatch):
+    import deepspeed.utils.numa
+    from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+    from bg2vec._compat import deepspeed_cpu_local_size
+
+    spawned = []
+    monkeypatch.setattr(deepspeed.utils.numa.subprocess, "check_output",
+                        lambda args, **kw: spawned.append(args) or b"available: 1 nodes (0)\nnode 0 cpus: 0 1\n")
+    with mock.patch.dict(os.environ):
+        os.environ.pop("LOCAL_SIZE", None)
+        assert CPU_Accelerator().device_count() == 1 and spawned == [["numactl", "--hardware"]]  # the premise
+        deepspeed_cpu_local_size(2)
+        assert CPU_Accelerator().device_count() == 2 and len(spawned) == 1
+        deepspeed_cpu_local_size(4)  # a LOCAL_SIZE already there (DeepSpeed's own launcher) is kept
+        assert os.environ["LOCAL_SIZE"] == "2"

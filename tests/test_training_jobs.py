@@ -101,11 +101,11 @@ def mntp_run(ray_head, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("mntp") / "model"
     done = run_job("mntp", ["--config", "configs/tiny/mntp.yaml", f"data={tiny_data}", f"output={out}"], ray_head)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out, done.stdout
+    return out, done.stdout, done.stderr
 
 
 def test_mntp_trains_the_adapter_and_the_output_is_an_encoder(mntp_run, tiny_data):
-    out, stdout = mntp_run
+    out, stdout, _ = mntp_run
     start, *rows = logged(stdout, "mntp")
     assert start["step"] == 0 and {"val_loss", "dev_score"} <= start.keys()  # the untrained model, validated
     assert [r["step"] for r in rows][-1] == 40 and "mntp finished: step 40, 320 samples" in stdout
@@ -143,8 +143,19 @@ def test_mntp_trains_the_adapter_and_the_output_is_an_encoder(mntp_run, tiny_dat
     assert list((out.parent / "model.runs" / "mntp" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_mntp_run_logs_each_line_once_and_reports_evaluations_to_ray_train(mntp_run):
+    _, stdout, stderr = mntp_run
+    assert stdout.count("[mntp] step 40/40 ") == 1 and stdout.count("[mntp] wrote ") == 1  # _compat.worker_print
+    # a warning of a per-step call, once per worker: no subprocess per step resets the warning registry
+    assert (stdout + stderr).count("`torch.distributed.reduce_scatter_tensor` is deprecated") <= 2
+    # Ray Train gets the evaluations and checkpoints (eval_every = checkpoint_every = 20), not every log
+    # window (log_every=5): report() blocks until the controller's next poll
+    reported = re.findall(r"Reporting training result \d+: .*?'step': (\d+)", stdout + stderr)
+    assert sorted(set(map(int, reported))) == [20, 40]
+
+
 def test_simcse_starts_from_mntp_and_trains(mntp_run, tiny_data, ray_head, tmp_path):
-    mntp, _ = mntp_run
+    mntp, _, _ = mntp_run
     out = tmp_path / "simcse"
     done = run_job("simcse", ["--config", "configs/tiny/simcse.yaml", f"data={tiny_data}", f"mntp={mntp}",
                               f"output={out}"], ray_head)

@@ -115,7 +115,8 @@ class RunSettings:
     keep_checkpoints: int = 2
     """Checkpoints kept; older ones are deleted."""
     log_every: int = 10
-    """Optimizer steps between metric reports (console on rank 0, TensorBoard, Ray)."""
+    """Optimizer steps between metric windows (console on rank 0, TensorBoard, MLflow). Ray Train
+    (and Tune) receive the evaluations and checkpoints."""
     eval_every: int = 100
     """Optimizer steps between validation passes (0: only at the end)."""
     eval_batches: int = 20

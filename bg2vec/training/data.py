@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.inputs import build_sequences, collate
@@ -103,7 +104,7 @@ def training_texts(batch: dict[str, np.ndarray], split: str, unit: str, min_char
     return {"text": np.array(texts, dtype=object)}
 
 
-class TextCollator:
+class TextCollator(NumpyBatchCollateFn):
     """A numpy batch of texts -> the encoder's own input tensors (the same as ``Bg2Vec.encode``)."""
 
     def __init__(self, tokenizer, max_length: int, pooling: str):
@@ -116,6 +117,8 @@ class TextCollator:
         return collate(sequences, self.pad_id)
 
 
-def blocks_collate(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+class BlocksCollator(NumpyBatchCollateFn):
     """A numpy batch of equal-length token blocks -> input_ids [B, L] (int64)."""
-    return {"input_ids": torch.from_numpy(np.stack(batch["input_ids"]).astype(np.int64))}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {"input_ids": torch.from_numpy(np.stack(batch["input_ids"]).astype(np.int64))}

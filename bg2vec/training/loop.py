@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from bg2vec._compat import deepspeed_cpu_local_size, worker_print
 from bg2vec.config import from_dict
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.bidirectional import family_of
@@ -31,12 +32,13 @@ from bg2vec.objectives.simcse import distributed_simcse_loss
 from bg2vec.storage import localize
 from bg2vec.training.adapters import gathered_lora_state, save_adapter
 from bg2vec.training.config import TINY_PREFIX, MNTPConfig, SimCSEConfig, TrainConfig
-from bg2vec.training.data import TextCollator, blocks_collate
+from bg2vec.training.data import BlocksCollator, TextCollator
 from bg2vec.training.deepspeed_config import deepspeed_config
 from bg2vec.training.dev_score import continuation_mrr, halves
 from bg2vec.training.metrics import MetricsSink
 from bg2vec.training.model import (
     add_lora,
+    flush_denormals,
     gather_for_write,
     load_base,
     merge_adapter,
@@ -88,6 +90,9 @@ class StageRecipe:
         self.device = ray.train.torch.get_device()
         if cfg.scaling.use_gpu:
             torch.cuda.set_device(self.device)
+        else:
+            flush_denormals()
+            deepspeed_cpu_local_size(ray.train.get_context().get_local_world_size())
         self.tokenizer = AutoTokenizer.from_pretrained(localize(self.resolved["tokenizer"]),
                                                        trust_remote_code=cfg.model.trust_remote_code)
         dtype = torch_dtype(cfg.model, cfg.scaling.use_gpu)
@@ -108,7 +113,7 @@ class StageRecipe:
                 add_mask_token(model, self.tokenizer, gather_for_write)
             self.masker = MNTPMasker(mask_token_id(self.tokenizer, cfg.mask_token), len(self.tokenizer),
                                      tuple(self.tokenizer.all_special_ids), cfg.mask_ratio, cfg.mask_strategy)
-            self.collate = blocks_collate
+            self.collate = BlocksCollator()
         else:
             self.mntp_dir = Path(localize(self.resolved["mntp"]))
             model = load_base(cfg.model, causal_lm=False, tokenizer=self.tokenizer, dtype=dtype, seed=cfg.seed,
@@ -171,8 +176,8 @@ class StageRecipe:
             raise Bg2VecError(f"the checkpoint {checkpoint.path} has no DeepSpeed state under tag {CHECKPOINT_TAG!r}")
         self.state = dict(client_state["bg2vec"])
         if self.rank == 0:
-            print(f"[{self.stage}] resumed from {checkpoint.path} at step {self.state['step']} "
-                  f"({self.state['samples']} samples seen)", flush=True)
+            worker_print(f"[{self.stage}] resumed from {checkpoint.path} at step {self.state['step']} "
+                         f"({self.state['samples']} samples seen)")
 
     # ---------------------------------------------------------------- train
     def train(self) -> None:
@@ -209,13 +214,16 @@ class StageRecipe:
                 metrics = self._window_metrics(window, time.perf_counter() - started)
                 window.zero_()
                 started = time.perf_counter()
-            if (cfg.run.eval_every and step % cfg.run.eval_every == 0) or last:
+            evaluated = (cfg.run.eval_every and step % cfg.run.eval_every == 0) or last
+            if evaluated:
                 metrics = {**(metrics or {}), **self._validate(), **self._dev_score()}
             if metrics is not None and self.sink is not None:
                 self.sink.write(step, metrics)
             if step % cfg.run.checkpoint_every == 0 or last:
                 self._checkpoint(metrics or {})
-            elif metrics is not None:
+            elif evaluated:
+                # only evaluations (what Tune decides on) and checkpoints go to Ray Train: its controller
+                # takes one report per worker every 2 s and report() blocks until then
                 import ray.train
 
                 ray.train.report(self._report(metrics))
@@ -353,7 +361,7 @@ class StageRecipe:
                 publish_dir(staging, cfg.output)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-            print(f"[{self.stage}] wrote {cfg.output}", flush=True)
+            worker_print(f"[{self.stage}] wrote {cfg.output}")
             self.sink.close()
         if dist.is_initialized():
             dist.barrier()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import struct
 from pathlib import Path
 
+from bg2vec._compat import worker_print
 from bg2vec.errors import Bg2VecError
-
-log = logging.getLogger("bg2vec.train")
 
 
 class MetricsSink:
@@ -35,7 +33,7 @@ class MetricsSink:
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         shown = " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
-        print(f"[{self.stage}] step {step}/{self.max_steps} {shown}", flush=True)
+        worker_print(f"[{self.stage}] step {step}/{self.max_steps} {shown}")
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(f"{self.stage}/{key}", value, step)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bg2vec._compat import enable_activation_checkpointing
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling import make_bidirectional
 from bg2vec.modeling.tiny import tiny_config
@@ -24,6 +25,17 @@ def torch_dtype(settings: ModelSettings, use_gpu: bool) -> torch.dtype:
     if settings.dtype == "auto":
         return torch.bfloat16 if use_gpu else torch.float32
     return getattr(torch, settings.dtype)
+
+
+def flush_denormals() -> None:
+    """Make this thread's CPU arithmetic treat subnormal floats (|x| < 1.2e-38) as zero.
+
+    Subnormals (Adam's second moments of tiny gradients, for one) are handled in microcode, many
+    times slower than normal floats: a plain fp32 loop on the tiny preset fell from about 9,000 to
+    6,000 tokens/s within 300 steps, and stayed at 8,800 with them flushed. No fp32 training depends
+    on values that small. The setting is per thread and torch's compute threads inherit it when they
+    are created, so call this before the thread's first torch operation."""
+    torch.set_flush_denormal(True)
 
 
 def gather_for_write(weight: torch.Tensor):
@@ -68,7 +80,7 @@ def prepare_for_training(model: nn.Module, settings: ModelSettings) -> nn.Module
     make_bidirectional(model)
     model.config.use_cache = False
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model, {"use_reentrant": False})
     return model
 
 
