@@ -127,7 +127,6 @@ def main() -> None:
         prepare(load_config(PrepareConfig, str(REPO / "configs/tiny/prepare.yaml"), [f"output={data}"]))
 
         def config(threads: int) -> MNTPConfig:  # Ray Train gives a worker as many threads as CPUs
-            torch.set_num_threads(threads)
             return load_config(MNTPConfig, str(REPO / "configs/tiny/mntp.yaml"), [
                 f"data={data}", f"output={tmp}/mntp-{threads}", f"max_steps={STEPS}", "scaling.num_workers=1",
                 f"scaling.cpus_per_worker={threads}", f"run.log_every={WINDOW}", "run.eval_every=0",
@@ -135,11 +134,13 @@ def main() -> None:
 
         seq_len = load_manifest(str(data))["seq_len"]
         cfg = config(cores)
+        torch.set_num_threads(cores)  # the plain and DeepSpeed-alone loops' threads
         plain = [bare_loop(cfg, data, use_deepspeed=False)]
         alone = with_process_group(bare_loop, cfg, data, True)
         ray_windows, wall = ray_deepspeed(cfg)
         plain.append(bare_loop(cfg, data, use_deepspeed=False))
         one = config(1)  # one compute thread each, the other core left to Ray's own processes
+        torch.set_num_threads(1)
         plain_one = [bare_loop(one, data, use_deepspeed=False)]
         ray_one, _ = ray_deepspeed(one)
         plain_one.append(bare_loop(one, data, use_deepspeed=False))

@@ -34,7 +34,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from bg2vec.config import from_dict, load_config, to_dict
 from bg2vec.errors import Bg2VecError, ConfigError
-from bg2vec.storage import child, is_local, redact
+from bg2vec.storage import absolute, child, redact
 from bg2vec.training.config import MNTPConfig, SimCSEConfig
 from bg2vec.training.output import output_state
 from bg2vec.tuning_report import METRIC, TIME_ATTR, trial_records, write_report
@@ -151,7 +151,7 @@ def run_search(cfg: TuneConfig) -> dict:
     from bg2vec.data.pipeline import load_manifest
     from bg2vec.ray_utils import init_ray
 
-    cfg.data, cfg.output = _absolute(cfg.data), _absolute(cfg.output)
+    cfg.data, cfg.output = absolute(cfg.data), absolute(cfg.output)  # trials run in directories of their own
     settings = stage_settings(cfg)
     total = settings["mntp"]["max_steps"] + settings["simcse"]["max_steps"]
     if cfg.asha.grace_period >= total:
@@ -203,7 +203,7 @@ def stage_settings(cfg: TuneConfig) -> dict:
         if not stage.run.dev_blocks:
             raise ConfigError("the search's objective is the dev score: run.dev_blocks must be > 0 in both stages")
         if os.path.exists(stage.model.name_or_path):  # a local model folder: trials run in their own directories
-            stage.model.name_or_path = os.path.abspath(stage.model.name_or_path)
+            stage.model.name_or_path = absolute(stage.model.name_or_path)
     return {"output": cfg.output, "mntp": to_dict(mntp), "simcse": to_dict(simcse)}
 
 
@@ -265,11 +265,6 @@ def _start_local_ray() -> None:
 
 def _trial_dirname(trial) -> str:
     return trial.trial_id  # the trial's Tune directory and its models directory share the name
-
-
-def _absolute(path: str) -> str:
-    """Trials run in their own working directories: local paths must not be relative."""
-    return os.path.abspath(os.path.expanduser(path)) if is_local(path) else path
 
 
 # ------------------------------------------------------------------------------------------- trial

@@ -57,6 +57,12 @@ def compress(data: bytes, codec: str) -> bytes:
     return {"bz2": bz2.compress, "xz": lzma.compress, "gzip": gzip.compress, "plain": bytes}[codec](data)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def s3():
     """A real S3 API (moto's server) on a free port: (a pyarrow filesystem holding an empty "bucket",
@@ -64,9 +70,7 @@ def s3():
     import pyarrow.fs as pafs
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

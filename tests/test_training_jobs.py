@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from bg2vec import Bg2Vec
-from conftest import REPO
+from conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
 # `ray start` (Ray >= 2.5x) turns on token authentication and writes the token to ~/.ray/auth_token;
@@ -31,12 +31,6 @@ pytestmark = pytest.mark.slow
 RAY_ENV = {"RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 TEXTS = ["София е столицата на България.", "Дунав е втората по дължина река в Европа.",
          "Котката спи на дивана.", "Пловдив е един от най-старите градове в Европа."]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
@@ -52,7 +46,7 @@ def ray_head(tmp_path_factory):
     Every port Ray would otherwise take at a fixed default gets a free one: the session's other Ray
     (``ray_local``) already holds the dashboard agent's default 52365, and an agent that cannot bind
     its port never registers, so every `ray job submit` would answer "No available agent"."""
-    port, dashboard, agent, client = _free_port(), _free_port(), _free_port(), _free_port()
+    port, dashboard, agent, client = free_port(), free_port(), free_port(), free_port()
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
          f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",

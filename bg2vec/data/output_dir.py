@@ -19,7 +19,7 @@ class PreparedDir:
 
     def __init__(self, uri: str):
         # workers do not share the driver's working directory: hand them absolute locations
-        self.uri = uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+        self.uri = storage.absolute(uri)
         self.fs, self.base = storage.resolve(self.uri)
         self.manifest_path = storage.join(self.base, "manifest.json")
 

@@ -52,8 +52,7 @@ def run_stage(cfg: TrainConfig, callbacks: Sequence = ()) -> dict:
         fs, path = resolve(cfg.mntp)
         resolved["base"] = child(cfg.mntp, base) if exists(fs, f"{path}/{base}") else base
     storage = cfg.run.storage_path or f"{cfg.output.rstrip('/')}.runs"
-    if is_local(storage):
-        storage = os.path.abspath(os.path.expanduser(storage))
+    storage = absolute(storage)
     name = cfg.run.name or stage
     run_dir = child(storage, name)
     take_failure(run_dir)  # a stale one, from an earlier run of this name that hit a NaN

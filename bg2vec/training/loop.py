@@ -142,7 +142,7 @@ class StageRecipe:
         if self.rank == 0:
             self.sink = MetricsSink(self.stage, cfg.max_steps, self.resolved.get("tensorboard"),
                                     cfg.run.mlflow_tracking_uri, self.resolved["run_name"],
-                                    {"stage": self.stage, "workers": self.world, **_flat(self.resolved["cfg"])})
+                                    {"stage": self.stage, "workers": self.world, **self.resolved["cfg"]})
         self._restore()
 
     def _dev_blocks(self) -> torch.Tensor | None:
@@ -397,14 +397,3 @@ class StageRecipe:
         write_encoder_files(staging, self.tokenizer, EncoderConfig(
             base_model=base, family=self.family, bidirectional=True, pooling=pooling, max_length=max_length,
             stages=stages, base_revision=cfg.model.revision if self.stage == "mntp" else None))
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-

@@ -12,6 +12,7 @@ from bg2vec.errors import Bg2VecError
 class MetricsSink:
     def __init__(self, stage: str, max_steps: int, tensorboard_dir: str | None, mlflow_uri: str | None,
                  run_name: str, params: dict):
+        """``params``: the run's settings, nested as in the config; MLflow gets them as dotted keys."""
         self.stage, self.max_steps = stage, max_steps
         self.writer = None
         if tensorboard_dir:
@@ -28,7 +29,7 @@ class MetricsSink:
             mlflow.set_tracking_uri(mlflow_uri)
             mlflow.set_experiment("bg2vec")
             mlflow.start_run(run_name=f"{run_name}")
-            mlflow.log_params({k: v for k, v in params.items() if isinstance(v, int | float | str | bool)})
+            mlflow.log_params({k: v for k, v in _flat(params).items() if isinstance(v, int | float | str | bool)})
             self.mlflow = mlflow
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -72,3 +73,13 @@ def _fmt(value: float) -> str:
     if value == 0 or 1e-3 <= abs(value) < 1e5:
         return f"{value:.4g}"
     return f"{value:.3e}"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
