@@ -72,10 +72,15 @@ def run(preset: str, output: str, overwrite: bool, overrides: list[str]) -> str:
     from bg2vec.data.pipeline import prepare
     from bg2vec.embedding.pipeline import embed
     from bg2vec.evaluation.runner import evaluate
+    from bg2vec.evaluation.tasks import task_files
     from bg2vec.training.launch import run_stage
     from bg2vec.training.summary import summarize
 
     configs = stage_configs(preset, output, overrides)
+    evaluation = configs["evaluate"]
+    if overwrite or not complete("evaluate", evaluation):  # its files are there before training starts
+        for spec in evaluation.tasks:
+            task_files(spec, evaluation.resolved_data_dir())
     table = ""
     for stage in STAGES:
         cfg = configs[stage]

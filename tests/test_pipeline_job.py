@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bg2vec.errors import ConfigError
+from bg2vec.errors import Bg2VecError, ConfigError
 from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("pipeline_job", REPO / "jobs" / "pipeline.py")
@@ -39,3 +39,11 @@ def test_the_command_line_names_what_is_missing(tmp_path):
     done = subprocess.run([sys.executable, "jobs/pipeline.py", "--preset", "tiny", f"output={tmp_path}",
                            "mntp.mask_ratio=7"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "mask_ratio" in done.stderr and not list(tmp_path.iterdir())
+
+
+def test_missing_evaluation_files_stop_the_pipeline_before_any_stage(tmp_path):
+    output = tmp_path / "run"
+    with pytest.raises(Bg2VecError, match=rf"task SIB200Classification: file {tmp_path}/nowhere/sib200_bul/train.tsv "
+                                          r"does not exist .*set data_dir="):
+        pipeline.run("tiny", str(output), False, [f"evaluate.data_dir={tmp_path}/nowhere"])
+    assert not output.exists()  # nothing prepared or trained first

@@ -79,9 +79,14 @@ class Task:
         return self.score(encode(self.texts))
 
 
+def task_files(spec: TaskSpec, data_dir: str | Path) -> dict[str, list[Path]]:
+    """Role -> the task's files, each checked to exist (a missing one is named with what to do)."""
+    return {role: [_resolve(p, data_dir, spec.name) for p in paths] for role, paths in spec.files.items()}
+
+
 def load_task(spec: TaskSpec, data_dir: str | Path) -> Task:
     """Read a task's files; a missing file or column is named with what to do."""
-    files = {role: [_resolve(p, data_dir, spec.name) for p in paths] for role, paths in spec.files.items()}
+    files = task_files(spec, data_dir)
     loader = {"classification": _classification, "clustering": _clustering, "retrieval": _retrieval,
               "bitext_mining": _bitext, "triples": _triples}[spec.type]
     return loader(spec, files)
