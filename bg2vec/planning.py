@@ -57,6 +57,11 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 PREFETCH_BUCKET = 50_000_000  # DeepSpeed's default stage3_prefetch_bucket_size (bg2vec keeps it)
 LOGIT_BYTES = 12  # MNTP's memory per logit at the loss (see the module doc)
 REFERENCE = "the original BgGPT-7B MNTP run did about 2,700 tokens/s on one A100 at seq 512"
+# Host CPU time of one ZeRO-3 forward + backward per decoder layer, whatever the micro-batch: its
+# per-layer gathers and hooks, and the kernel launches. bench/gpu_mntp.py on an H100 (BgGPT-7B's 32
+# layers, DeepSpeed 0.19.8): 835 and 972 ms per micro-batch of 4 and 8 blocks, where the GPU work
+# alone took 405 and 526 ms. Below it the GPU waits for the host.
+ZERO3_HOST_SECONDS_PER_LAYER = 0.028
 
 
 @dataclass(frozen=True)
@@ -482,10 +487,29 @@ def _warnings(cfg: PlanConfig, arch: Architecture, gpu: GPU, mem: Memory) -> lis
     if cfg.global_batch_size % per_pass:
         notes.append(f"global_batch_size={cfg.global_batch_size} is not a multiple of micro_batch_size "
                      f"({cfg.micro_batch}) x {cfg.gpus} GPUs: the training jobs refuse it; choose sizes that divide")
+    host = _zero3_host_bound(cfg, arch, gpu)
+    if host is not None:
+        notes.append(host)
     if arch.model_type == "gemma2" and cfg.attn_implementation == "sdpa":
         notes.append("transformers runs Gemma-2 with eager or flash_attention_2 attention only (logit "
                      "soft-capping), not sdpa: plan with attn_implementation=eager (the presets' choice)")
     return notes
+
+
+def _zero3_host_bound(cfg: PlanConfig, arch: Architecture, gpu: GPU) -> str | None:
+    """A warning when a micro-batch is too little GPU work to hide ZeRO-3's host time (a quarter or more lost)."""
+    if cfg.zero_stage != 3:
+        return None
+    tokens = cfg.micro_batch * (2 if cfg.stage == "simcse" else 1) * cfg.seq_len
+    gpu_seconds = tokens * flops_per_token(cfg, arch) / (gpu.peak_tflops * 1e12 * cfg.mfu)
+    host_seconds = ZERO3_HOST_SECONDS_PER_LAYER * arch.num_hidden_layers
+    if gpu_seconds >= 0.75 * host_seconds:
+        return None
+    return (f"host-bound: a micro-batch of {cfg.micro_batch} x {cfg.seq_len} tokens is about {gpu_seconds:.2f} s of "
+            f"{gpu.name} work, less than the ~{host_seconds:.1f} s of host CPU that ZeRO-3's per-layer gathers take "
+            f"for {arch.num_hidden_layers} layers, so the GPUs wait: expect about {gpu_seconds / host_seconds:.0%} "
+            f"of the tokens/s above (bench/gpu_mntp.py on an H100: 0.49x a plain loop at micro-batch 4, 0.90x at "
+            f"16). Use fewer GPUs with a larger micro_batch_size, or zero_stage=2 where the base fits (0.76x at 4)")
 
 
 def _remedies(cfg: PlanConfig, arch: Architecture) -> list[str]:

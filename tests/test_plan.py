@@ -286,6 +286,21 @@ def test_seven_b_zero3_on_8_a100_80gb_fits_without_warnings():
     assert "fits" in render(p) and "WARNING" not in render(p)
 
 
+def test_small_micro_batches_under_zero3_are_host_bound():
+    # 8 H100s at the preset's batch of 32: 4 blocks each, 0.26 s of GPU work against 32 x 28 ms of host time
+    eight = plan(PlanConfig(model="bggpt-7b", gpu="H100-80GB", gpus_per_node=8))
+    gpu_seconds = 4 * 512 * eight.flops_per_token / (989e12 * 0.35)
+    assert gpu_seconds == pytest.approx(0.26, abs=0.005)
+    [warning] = eight.warnings
+    assert warning.startswith("host-bound: a micro-batch of 4 x 512 tokens is about 0.26 s of H100-80GB work")
+    assert f"expect about {gpu_seconds / (32 * 0.028):.0%} of the tokens/s" in warning
+    assert "WARNING: host-bound" in render(eight)
+    # 2 H100s (16 blocks each), ZeRO-2 and the slower A100 give the GPU enough work, or gather nothing
+    for cfg in (PlanConfig(gpu="H100-80GB", gpus_per_node=2), PlanConfig(gpu="H100-80GB", zero_stage=2),
+                PlanConfig(gpu="A100-80GB", gpus_per_node=8)):
+        assert plan(cfg).warnings == [], cfg
+
+
 def test_other_warnings():
     odd = plan(PlanConfig(global_batch_size=30, gpus_per_node=8, micro_batch_size=2))
     assert any("not a multiple of micro_batch_size" in w for w in odd.warnings)
