@@ -20,8 +20,8 @@ non-reentrant gradient checkpointing, MNTP masking (ratio 0.8, all masked) and t
   measures stage 2 instead, which gathers no weights.
 
 Micro-batches of 4 blocks (what each of 8 GPUs runs at the preset's global batch of 32) to 32 (the
-whole global batch on one GPU);
-the plain loop also without checkpointing at 4, to show what the recomputation costs.
+whole global batch on one GPU); the plain loop also without checkpointing at 4, to show what the
+recomputation costs.
 
 Per row: the median time of the timed steps (synchronised: the loop reads the loss every step, as
 the training loop logs it), tokens/s, the peak memory torch allocated against bg2vec's planner's
@@ -37,19 +37,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from mntp_steps import deepspeed_step, plain_step, single_rank_process_group  # bench/, beside this script
 
+from bg2vec._compat import enable_activation_checkpointing
 from bg2vec.config import load_config
-from bg2vec.objectives.mntp import MNTPMasker, mntp_loss_and_accuracy
+from bg2vec.objectives.mntp import MNTPMasker
 from bg2vec.planning import GIB, GPUS, PRESETS, REFERENCE, Architecture, PlanConfig, flops_per_token, memory
 from bg2vec.training.config import MNTPConfig
-from bg2vec.training.deepspeed_config import deepspeed_config
-from bg2vec.training.model import add_lora, flush_denormals, prepare_for_training, zero3_fetch_whole_layers
+from bg2vec.training.model import add_lora, flush_denormals, prepare_for_training
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL_IDS = (0, 1, 2)  # Mistral's <unk>, <s>, </s>: never masked
@@ -79,8 +79,8 @@ def build(cfg: MNTPConfig, arch: Architecture, device: torch.device, dtype: torc
     return add_lora(prepare_for_training(model, settings), cfg.lora).to(dtype).train()  # bf16 adapters too
 
 
-def measure(step, micro_batch: int, seq_len: int, masker: MNTPMasker, vocab: int, device: torch.device,
-            warmup: int, timed: int) -> dict:
+def measure(step, micro_batch: int, seq_len: int, masker: MNTPMasker, device: torch.device, warmup: int,
+            timed: int) -> dict:
     """Median seconds per step over ``timed`` steps after ``warmup``, and the peak memory allocated."""
     generator = torch.Generator(device=device).manual_seed(0)
     if device.type == "cuda":
@@ -88,7 +88,8 @@ def measure(step, micro_batch: int, seq_len: int, masker: MNTPMasker, vocab: int
         torch.cuda.reset_peak_memory_stats(device)
     seconds = []
     for i in range(warmup + timed):
-        ids = torch.randint(len(SPECIAL_IDS), vocab, (micro_batch, seq_len), device=device, generator=generator)
+        ids = torch.randint(len(SPECIAL_IDS), masker.vocab_size, (micro_batch, seq_len), device=device,
+                            generator=generator)
         inputs, labels = masker(ids, generator)
         start = time.perf_counter()
         loss = step(inputs, labels)
@@ -100,56 +101,6 @@ def measure(step, micro_batch: int, seq_len: int, masker: MNTPMasker, vocab: int
     median = statistics.median(seconds)
     return {"seconds_per_step": median, "tokens_per_s": micro_batch * seq_len / median, "peak_bytes": peak,
             "last_loss": loss.item()}
-
-
-def plain_step(model, lr: float, max_grad_norm: float):
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr)
-
-    def step(inputs, labels):
-        loss, _ = mntp_loss_and_accuracy(model(input_ids=inputs).logits, labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()  # as the training loop logs it
-        return loss.detach()
-
-    return step
-
-
-def deepspeed_step(model, cfg: MNTPConfig, bf16: bool):
-    """One rank of the training loop's DeepSpeed engine (ZeRO stage ``cfg.zero_stage``). Micro-batch
-    sizes vary between rows: the engine steps at every micro-batch (accumulation 1) whatever their size."""
-    import deepspeed
-
-    if cfg.zero_stage == 3:
-        zero3_fetch_whole_layers(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  weight_decay=cfg.optim.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=trainable,
-                                      config=deepspeed_config(cfg, bf16=bf16), dist_init_required=False)
-
-    def step(inputs, labels):
-        loss, _ = mntp_loss_and_accuracy(engine(input_ids=inputs).logits, labels)
-        engine.backward(loss)
-        engine.step()
-        loss.item()
-        return loss.detach()
-
-    return engine, step
-
-
-def init_single_rank(backend: str) -> None:
-    import deepspeed
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29512", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    if backend == "gloo":
-        from bg2vec._compat import deepspeed_cpu_local_size
-
-        deepspeed_cpu_local_size(1)
-    deepspeed.init_distributed(dist_backend=backend)
 
 
 def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 20) -> float:
@@ -198,7 +149,7 @@ def main() -> None:
     masker = MNTPMasker(arch.vocab_size - 1, arch.vocab_size, SPECIAL_IDS, cfg.mask_ratio, cfg.mask_strategy)
 
     def run(name: str, step, micro_batch: int, checkpointing: bool, zero_stage: int) -> dict:
-        result = measure(step, micro_batch, seq_len, masker, arch.vocab_size, device, warmup, timed)
+        result = measure(step, micro_batch, seq_len, masker, device, warmup, timed)
         plan_cfg = PlanConfig(seq_len=seq_len, micro_batch_size=micro_batch, gpus_per_node=1,
                               lora_rank=cfg.lora.r, lora_target_modules=list(cfg.lora.target_modules),
                               lora_dropout=cfg.lora.dropout, zero_stage=zero_stage,
@@ -214,18 +165,15 @@ def main() -> None:
 
     rows = []
     model = build(cfg, arch, device, dtype, checkpointing=False)
-    rows.append(run("plain PyTorch, no checkpointing", plain_step(model, cfg.optim.lr, cfg.optim.max_grad_norm),
-                    micro_batches[0], False, 0))
-    from bg2vec._compat import enable_activation_checkpointing
-
+    rows.append(run("plain PyTorch, no checkpointing", plain_step(model, cfg), micro_batches[0], False, 0))
     enable_activation_checkpointing(model, {"use_reentrant": False})
-    step = plain_step(model, cfg.optim.lr, cfg.optim.max_grad_norm)
+    step = plain_step(model, cfg)
     rows += [run("plain PyTorch", step, mb, True, 0) for mb in micro_batches]
     del model, step
-    init_single_rank(backend)
-    engine, step = deepspeed_step(build(cfg, arch, device, dtype, checkpointing=True), cfg, dtype == torch.bfloat16)
-    rows += [run(f"DeepSpeed ZeRO-{cfg.zero_stage}", step, mb, True, cfg.zero_stage) for mb in micro_batches]
-    engine.destroy()
+    with single_rank_process_group(backend):
+        engine, step = deepspeed_step(build(cfg, arch, device, dtype, checkpointing=True), cfg, dtype == torch.bfloat16)
+        rows += [run(f"DeepSpeed ZeRO-{cfg.zero_stage}", step, mb, True, cfg.zero_stage) for mb in micro_batches]
+        engine.destroy()
 
     gpu, peak = ("CPU (smoke run)", 1.0) if args.smoke else peak_tflops(device)
     achievable = 0.0 if args.smoke else matmul_tflops(device)

@@ -32,23 +32,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from mntp_steps import deepspeed_step, plain_step, single_rank_process_group  # bench/, beside this script
 from transformers import AutoTokenizer
 
-from bg2vec._compat import deepspeed_cpu_local_size
 from bg2vec.config import load_config
 from bg2vec.data.config import PrepareConfig
 from bg2vec.data.pipeline import load_manifest, prepare
-from bg2vec.objectives.mntp import MNTPMasker, mask_token_id, mntp_loss_and_accuracy
+from bg2vec.objectives.mntp import MNTPMasker, mask_token_id
 from bg2vec.training.config import MNTPConfig
-from bg2vec.training.deepspeed_config import deepspeed_config
 from bg2vec.training.metrics import read_scalars
-from bg2vec.training.model import (
-    add_lora,
-    flush_denormals,
-    load_base,
-    prepare_for_training,
-    zero3_fetch_whole_layers,
-)
+from bg2vec.training.model import add_lora, flush_denormals, load_base, prepare_for_training
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, WARMUP, WINDOW = 150, 30, 10
@@ -59,39 +52,22 @@ def bare_loop(cfg: MNTPConfig, data: Path, use_deepspeed: bool) -> list[float]:
     tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
     model = load_base(cfg.model, causal_lm=True, tokenizer=tokenizer, dtype=torch.float32, seed=cfg.seed)
     model = add_lora(prepare_for_training(model, cfg.model), cfg.lora).train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr)
-    if use_deepspeed:
-        import deepspeed
-
-        zero3_fetch_whole_layers(model)
-        model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=trainable,
-                                                      config=deepspeed_config(cfg, bf16=False))
+    engine, step = deepspeed_step(model, cfg, bf16=False) if use_deepspeed else (None, plain_step(model, cfg))
     masker = MNTPMasker(mask_token_id(tokenizer, cfg.mask_token), len(tokenizer), tuple(tokenizer.all_special_ids),
                         cfg.mask_ratio, cfg.mask_strategy)
     blocks = np.stack(pq.read_table(data / "blocks" / "train").column("input_ids").to_pylist()).astype(np.int64)
     generator = torch.Generator().manual_seed(0)
     windows = []
-    for step in range(STEPS):
-        if step >= WARMUP and (step - WARMUP) % WINDOW == 0:
+    for i in range(STEPS):
+        if i >= WARMUP and (i - WARMUP) % WINDOW == 0:
             start = time.perf_counter()
         rows = torch.randint(len(blocks), (cfg.global_batch_size,), generator=generator)
         ids = torch.from_numpy(blocks[rows.numpy()])
-        inputs, labels = masker(ids, generator)
-        loss, _ = mntp_loss_and_accuracy(model(input_ids=inputs).logits, labels)
-        if use_deepspeed:
-            model.backward(loss)
-            model.step()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        loss.item()  # as the training loop logs it
-        if step >= WARMUP and (step + 1 - WARMUP) % WINDOW == 0:
+        step(*masker(ids, generator))
+        if i >= WARMUP and (i + 1 - WARMUP) % WINDOW == 0:
             windows.append(WINDOW * ids.numel() / (time.perf_counter() - start))
-    if use_deepspeed:
-        model.destroy()
+    if engine is not None:
+        engine.destroy()
     return windows
 
 
@@ -104,19 +80,6 @@ def ray_deepspeed(cfg: MNTPConfig) -> tuple[list[float], float]:
     wall = time.perf_counter() - start
     rates = read_scalars(Path(result["run_dir"]) / "tensorboard")["mntp/tokens_per_s"]
     return [rate for step, rate in rates if step > WARMUP], wall
-
-
-def with_process_group(fn, *args):
-    """DeepSpeed alone needs a (1-process, gloo) process group, as Ray Train's workers have."""
-    import deepspeed
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29511", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    deepspeed.init_distributed(dist_backend="gloo")
-    deepspeed_cpu_local_size(1)
-    try:
-        return fn(*args)
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def main() -> None:
@@ -136,7 +99,8 @@ def main() -> None:
         cfg = config(cores)
         torch.set_num_threads(cores)  # the plain and DeepSpeed-alone loops' threads
         plain = [bare_loop(cfg, data, use_deepspeed=False)]
-        alone = with_process_group(bare_loop, cfg, data, True)
+        with single_rank_process_group("gloo"):
+            alone = bare_loop(cfg, data, use_deepspeed=True)
         ray_windows, wall = ray_deepspeed(cfg)
         plain.append(bare_loop(cfg, data, use_deepspeed=False))
         one = config(1)  # one compute thread each, the other core left to Ray's own processes

@@ -47,13 +47,26 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from bg2vec.errors import ConfigError
+from bg2vec.planning.shapes import (
+    GPU,
+    GPUS,
+    HUB_IDS,
+    LORA_TARGETS,
+    PRESETS,
+    Architecture,
+    base_params,
+    config_json,
+    gpu_spec,
+    largest_module_params,
+    load_architecture,
+    lora_params,
+    matmul_params_per_layer,
+)
 
 GIB = 2**30
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PREFETCH_BUCKET = 50_000_000  # DeepSpeed's default stage3_prefetch_bucket_size (bg2vec keeps it)
 LOGIT_BYTES = 12  # MNTP's memory per logit at the loss (see the module doc)
 REFERENCE = "the original BgGPT-7B MNTP run did about 2,700 tokens/s on one A100 at seq 512"
@@ -62,92 +75,6 @@ REFERENCE = "the original BgGPT-7B MNTP run did about 2,700 tokens/s on one A100
 # layers, DeepSpeed 0.19.8): 835 and 972 ms per micro-batch of 4 and 8 blocks, where the GPU work
 # alone took 405 and 526 ms. Below it the GPU waits for the host.
 ZERO3_HOST_SECONDS_PER_LAYER = 0.028
-
-
-@dataclass(frozen=True)
-class GPU:
-    name: str
-    memory_gib: float
-    """Total memory as nvidia-smi reports it."""
-    peak_tflops: float
-    """Dense bf16 tensor-core peak (without sparsity), from NVIDIA's datasheets."""
-
-
-GPUS = {g.name.lower(): g for g in [
-    GPU("A10G-24GB", 22.5, 70.0),  # AWS g5's A10 variant: fewer tensor FLOPs than the A10's 125
-    GPU("L4-24GB", 22.5, 121.0),
-    GPU("L40S-48GB", 45.0, 362.0),
-    GPU("A100-40GB", 40.0, 312.0),
-    GPU("A100-80GB", 80.0, 312.0),
-    GPU("H100-80GB", 79.6, 989.0),  # SXM
-    GPU("H200-141GB", 140.4, 989.0),
-]}
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """The config.json fields that decide a decoder's sizes (names as in transformers' configs)."""
-
-    model_type: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    tie_word_embeddings: bool
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-    attn_logit_softcapping: bool = False
-
-    @property
-    def q_dim(self) -> int:
-        return self.num_attention_heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.num_key_value_heads * self.head_dim
-
-    @property
-    def gemma(self) -> bool:
-        """Gemma-2/3: four norms per layer (before and after attention and MLP)."""
-        return self.model_type in ("gemma2", "gemma3_text")
-
-    @property
-    def qk_norm(self) -> bool:
-        return self.model_type in ("qwen3", "gemma3_text")
-
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in_features, out_features) of every projection of one decoder layer."""
-        h, q, kv, i = self.hidden_size, self.q_dim, self.kv_dim, self.intermediate_size
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-
-
-_MISTRAL_7B = Architecture("mistral", 32000, 4096, 14336, 32, 32, 8, 128, tie_word_embeddings=False)
-_GEMMA2 = dict(model_type="gemma2", vocab_size=256000, head_dim=256, tie_word_embeddings=True,
-               attn_logit_softcapping=True)
-PRESETS = {
-    # Mistral-7B-v0.1 with 6,000 Bulgarian tokens added to its vocabulary
-    "bggpt-7b": dataclasses.replace(_MISTRAL_7B, vocab_size=38000),
-    "mistral-7b": _MISTRAL_7B,
-    "bggpt-gemma2-9b": Architecture(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
-                                    num_attention_heads=16, num_key_value_heads=8, **_GEMMA2),
-    "bggpt-gemma2-2.6b": Architecture(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                                      num_attention_heads=8, num_key_value_heads=4, **_GEMMA2),
-}
-HUB_IDS = {
-    "insait-institute/bggpt-7b-instruct-v0.2": "bggpt-7b",
-    "mistralai/mistral-7b-v0.1": "mistral-7b",
-    "insait-institute/bggpt-gemma-2-9b-it-v1.0": "bggpt-gemma2-9b",
-    "google/gemma-2-9b": "bggpt-gemma2-9b",
-    "google/gemma-2-9b-it": "bggpt-gemma2-9b",
-    "insait-institute/bggpt-gemma-2-2.6b-it-v1.0": "bggpt-gemma2-2.6b",
-    "google/gemma-2-2b": "bggpt-gemma2-2.6b",
-    "google/gemma-2-2b-it": "bggpt-gemma2-2.6b",
-}
 
 
 @dataclass
@@ -218,11 +145,16 @@ class PlanConfig:
             raise ConfigError("overhead_gib and price_per_gpu_hour must be >= 0")
         gpu_spec(self.gpu)
         if self.model.lower() not in PRESETS and self.model.lower() not in HUB_IDS:
-            _config_json(self.model)
+            config_json(self.model)
 
     @property
     def gpus(self) -> int:
         return self.gpus_per_node * self.nodes
+
+    @property
+    def views(self) -> int:
+        """Rows per text in a forward pass: SimCSE runs both views of every text together."""
+        return 2 if self.stage == "simcse" else 1
 
     @property
     def micro_batch(self) -> int:
@@ -231,99 +163,6 @@ class PlanConfig:
     @property
     def bytes_per_value(self) -> int:
         return 2 if self.dtype == "bf16" else 4
-
-
-def gpu_spec(name: str) -> GPU:
-    try:
-        return GPUS[name.lower()]
-    except KeyError:
-        raise ConfigError(f"gpu={name!r} is not a known GPU type; choose one of "
-                          f"{', '.join(g.name for g in GPUS.values())}") from None
-
-
-def _config_json(model: str) -> Path:
-    path = Path(model)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise ConfigError(
-            f"model={model!r} is neither a built-in shape ({', '.join(PRESETS)}, or the hub id of one) nor "
-            f"an existing config.json or model folder: give the path of the model's config.json (the "
-            f"planner reads no weights and downloads nothing)")
-    return path
-
-
-def load_architecture(model: str) -> Architecture:
-    """A built-in shape, or the one of a local config.json (read by transformers' AutoConfig)."""
-    name = HUB_IDS.get(model.lower(), model.lower())
-    if name in PRESETS:
-        return PRESETS[name]
-    from transformers import AutoConfig
-
-    path = _config_json(model)
-    try:
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True).get_text_config()
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"model={model!r}: cannot read {path} as a transformers config: {e}") from None
-    return architecture_of(config, where=f"model={model!r} ({path})")
-
-
-def architecture_of(config, where: str = "config") -> Architecture:
-    """The shape of a transformers config object (defaults resolved by its own class)."""
-    from bg2vec.modeling import FAMILIES
-
-    if getattr(config, "model_type", None) not in FAMILIES:
-        raise ConfigError(f"{where}: model_type {getattr(config, 'model_type', None)!r} is not a decoder bg2vec "
-                          f"trains; the planner knows {', '.join(FAMILIES)}")
-    try:
-        heads = config.num_attention_heads
-        return Architecture(
-            model_type=config.model_type, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=heads, num_key_value_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-            # Qwen2 always has q/k/v biases; Llama-style configs switch all four with attention_bias
-            qkv_bias=config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False)),
-            o_bias=bool(getattr(config, "attention_bias", False)),
-            mlp_bias=bool(getattr(config, "mlp_bias", False)),
-            attn_logit_softcapping=getattr(config, "attn_logit_softcapping", None) is not None)
-    except AttributeError as e:
-        raise ConfigError(f"{where}: not a decoder config this planner knows ({e})") from None
-
-
-# ---- parameters ------------------------------------------------------------------------------------
-
-def matmul_params_per_layer(arch: Architecture) -> int:
-    return sum(i * o for i, o in arch.linear_shapes().values())
-
-
-def layer_params(arch: Architecture) -> int:
-    """Projections, their biases and the norms of one decoder layer."""
-    h, q, kv, i = arch.hidden_size, arch.q_dim, arch.kv_dim, arch.intermediate_size
-    biases = (q + 2 * kv) * arch.qkv_bias + h * arch.o_bias + (2 * i + h) * arch.mlp_bias
-    norms = (4 if arch.gemma else 2) * h + 2 * arch.head_dim * arch.qk_norm
-    return matmul_params_per_layer(arch) + biases + norms
-
-
-def base_params(arch: Architecture, lm_head: bool = True) -> int:
-    """Embeddings, layers, final norm and (unless tied or not loaded) the LM head."""
-    embed = arch.vocab_size * arch.hidden_size
-    head = embed if lm_head and not arch.tie_word_embeddings else 0
-    return embed + arch.num_hidden_layers * layer_params(arch) + arch.hidden_size + head
-
-
-def lora_params(arch: Architecture, rank: int, targets: list[str]) -> int:
-    """r * (in + out) per adapted projection (A: in -> r, B: r -> out), in every layer."""
-    shapes = arch.linear_shapes()
-    return arch.num_hidden_layers * sum(rank * sum(shapes[t]) for t in set(targets))
-
-
-def largest_module_params(arch: Architecture) -> int:
-    """The most parameters ZeRO-3 gathers at once (DeepSpeed's 'largest layer'): the embedding or
-    one whole decoder layer, which bg2vec's training makes a single ZeRO-3 unit
-    (bg2vec.training.model.zero3_fetch_whole_layers)."""
-    return max(arch.vocab_size * arch.hidden_size, layer_params(arch))
 
 
 # ---- memory ----------------------------------------------------------------------------------------
@@ -377,7 +216,7 @@ def memory(cfg: PlanConfig, arch: Architecture) -> Memory:
     def shard(nbytes: int, from_stage: int) -> int:
         return nbytes // n if stage >= from_stage else nbytes
 
-    rows = cfg.micro_batch * (2 if cfg.stage == "simcse" else 1)
+    rows = cfg.micro_batch * cfg.views
     tokens = rows * cfg.seq_len
     layer = layer_activation_bytes_per_token(arch, cfg) * tokens
     if cfg.gradient_checkpointing:
@@ -460,7 +299,7 @@ def plan(cfg: PlanConfig) -> Plan:
     arch = load_architecture(cfg.model)
     gpu = gpu_spec(cfg.gpu)
     mem = memory(cfg, arch)
-    rows_per_step = cfg.global_batch_size * (2 if cfg.stage == "simcse" else 1)
+    rows_per_step = cfg.global_batch_size * cfg.views
     tokens = rows_per_step * cfg.seq_len * cfg.max_steps
     per_token = flops_per_token(cfg, arch)
     flops = per_token * tokens
@@ -471,10 +310,10 @@ def plan(cfg: PlanConfig) -> Plan:
                 lora_params=lora_params(arch, cfg.lora_rank, cfg.lora_target_modules), memory=mem,
                 deepspeed=deepspeed_full_finetune(cfg, arch), tokens=tokens, flops_per_token=per_token,
                 flops=flops, seconds=seconds, tokens_per_second_per_gpu=achieved / per_token, cost=cost,
-                warnings=_warnings(cfg, arch, gpu, mem))
+                warnings=_warnings(cfg, arch, gpu, mem, per_token))
 
 
-def _warnings(cfg: PlanConfig, arch: Architecture, gpu: GPU, mem: Memory) -> list[str]:
+def _warnings(cfg: PlanConfig, arch: Architecture, gpu: GPU, mem: Memory, per_token: int) -> list[str]:
     notes = []
     capacity = gpu.memory_gib * GIB
     if mem.total > capacity:
@@ -487,7 +326,7 @@ def _warnings(cfg: PlanConfig, arch: Architecture, gpu: GPU, mem: Memory) -> lis
     if cfg.global_batch_size % per_pass:
         notes.append(f"global_batch_size={cfg.global_batch_size} is not a multiple of micro_batch_size "
                      f"({cfg.micro_batch}) x {cfg.gpus} GPUs: the training jobs refuse it; choose sizes that divide")
-    host = _zero3_host_bound(cfg, arch, gpu)
+    host = _zero3_host_bound(cfg, arch, gpu, per_token)
     if host is not None:
         notes.append(host)
     if arch.model_type == "gemma2" and cfg.attn_implementation == "sdpa":
@@ -496,12 +335,11 @@ def _warnings(cfg: PlanConfig, arch: Architecture, gpu: GPU, mem: Memory) -> lis
     return notes
 
 
-def _zero3_host_bound(cfg: PlanConfig, arch: Architecture, gpu: GPU) -> str | None:
+def _zero3_host_bound(cfg: PlanConfig, arch: Architecture, gpu: GPU, per_token: int) -> str | None:
     """A warning when a micro-batch is too little GPU work to hide ZeRO-3's host time (a quarter or more lost)."""
     if cfg.zero_stage != 3:
         return None
-    tokens = cfg.micro_batch * (2 if cfg.stage == "simcse" else 1) * cfg.seq_len
-    gpu_seconds = tokens * flops_per_token(cfg, arch) / (gpu.peak_tflops * 1e12 * cfg.mfu)
+    gpu_seconds = cfg.micro_batch * cfg.views * cfg.seq_len * per_token / (gpu.peak_tflops * 1e12 * cfg.mfu)
     host_seconds = ZERO3_HOST_SECONDS_PER_LAYER * arch.num_hidden_layers
     if gpu_seconds >= 0.75 * host_seconds:
         return None
@@ -539,66 +377,3 @@ def _remedies(cfg: PlanConfig, arch: Architecture) -> list[str]:
     if bigger:
         remedies.append(f"gpu={bigger[0].name}")
     return remedies
-
-
-def render(p: Plan) -> str:
-    """The plan as a printed table."""
-    cfg, arch, mem, gpu = p.config, p.architecture, p.memory, p.gpu
-    stage3, row = cfg.zero_stage == 3, "  {:60s} {:>12s}"
-    accumulation = cfg.global_batch_size / (cfg.micro_batch * cfg.gpus)
-    lines = [
-        f"bg2vec plan: {cfg.model} ({arch.model_type}), {cfg.stage.upper()}, on {cfg.nodes} node(s) x "
-        f"{cfg.gpus_per_node} {gpu.name} = {cfg.gpus} GPU(s)",
-        f"  {p.params:,} parameters as loaded; LoRA r={cfg.lora_rank} on {', '.join(cfg.lora_target_modules)}:",
-        f"  {p.lora_params:,} trained ({p.lora_params / p.params:.2%}); ZeRO-{cfg.zero_stage}, gradient checkpointing "
-        f"{'on' if cfg.gradient_checkpointing else 'off'}, {cfg.dtype}, {cfg.attn_implementation} attention",
-        f"  {cfg.max_steps} steps x {cfg.global_batch_size} rows of {cfg.seq_len} tokens = {cfg.gpus} GPU(s) x "
-        f"micro-batch {cfg.micro_batch} x accumulation {accumulation:g}"
-        + (" (SimCSE: both views in one pass, 2 x the rows)" if cfg.stage == "simcse" else ""),
-        "",
-        row.format("memory per GPU", "GiB"),
-    ]
-    parts = [(f"frozen base weights ({cfg.dtype}{f', sharded 1/{cfg.gpus} by ZeRO-3' if stage3 else ''})",
-              mem.frozen_weights)]
-    if stage3:
-        parts.append(("ZeRO-3 gathered weights (largest unit + prefetch bucket)", mem.gathered_weights))
-    parts += [
-        (f"LoRA weights{' (sharded)' if stage3 else ''}", mem.lora_weights),
-        (f"LoRA gradients, bf16 + fp32{' (sharded)' if cfg.zero_stage >= 2 else ''}", mem.gradients),
-        (f"Adam: fp32 master + 2 moments{' (sharded)' if cfg.zero_stage >= 1 else ''}", mem.optimizer),
-        (f"activations: {arch.num_hidden_layers} layer inputs + 1 layer recomputed" if cfg.gradient_checkpointing
-         else f"activations: all {arch.num_hidden_layers} layers", mem.activations),
-        ("final norm and logits (12 B each)" if cfg.stage == "mntp" else "final norm", mem.head),
-        ("fixed overhead (CUDA context, NCCL, fragmentation)", mem.overhead),
-        ("total", mem.total),
-    ]
-    lines += [row.format(label, f"{nbytes / GIB:.2f}") for label, nbytes in parts]
-    lines.append(row.format(f"{gpu.name} memory: {'fits' if p.fits else 'DOES NOT FIT'}, "
-                            f"{mem.total / (gpu.memory_gib * GIB):.0%} used", f"{gpu.memory_gib:.2f}"))
-    states = mem.frozen_weights + mem.gathered_weights + mem.lora_weights + mem.gradients + mem.optimizer
-    lines.append(row.format("model states above (weights, LoRA, gradients, Adam)", f"{states / GIB:.2f}"))
-    if p.deepspeed:
-        function, nbytes = p.deepspeed
-        lines += [row.format(f"DeepSpeed {function}", f"{nbytes / GIB:.2f}"),
-                  "    (DeepSpeed's estimators assume every parameter is trained with Adam: full fine-tuning, the",
-                  "    'without LoRA' bound; here the base is frozen and only the LoRA parameters have gradients",
-                  "    and Adam states)"]
-    else:
-        lines.append("  (DeepSpeed has model-state estimators for ZeRO-1/2 and ZeRO-3 only)")
-    hours = p.seconds / 3600
-    recompute = " + recompute" if cfg.gradient_checkpointing else ""
-    lines += [
-        "",
-        f"  time at {cfg.mfu:.0%} MFU of {gpu.peak_tflops:g} peak bf16 TFLOPS per GPU",
-        row.format(f"FLOPs per token (frozen base + LoRA{recompute})", f"{p.flops_per_token:.3e}"),
-        row.format("tokens processed" + (" (both views)" if cfg.stage == "simcse" else ""), f"{p.tokens:,}"),
-        row.format("total FLOPs", f"{p.flops:.3e}"),
-        row.format("tokens/s per GPU", f"{p.tokens_per_second_per_gpu:,.0f}"),
-        f"    (reference: {REFERENCE})",
-        row.format("wall time, hours", f"{hours:.2f}"),
-        row.format("GPU-hours", f"{hours * cfg.gpus:,.1f}"),
-    ]
-    if p.cost is not None:
-        lines.append(row.format(f"cost at {cfg.price_per_gpu_hour:g} per GPU-hour", f"{p.cost:,.2f}"))
-    lines += [""] * bool(p.warnings) + [f"WARNING: {w}" for w in p.warnings]
-    return "\n".join(lines)

@@ -1,0 +1,35 @@
+"""The planner: memory per GPU and time of a training run, from the model's shape alone.
+
+``shapes`` holds what it knows of models and GPUs, ``estimate`` the formulas (see its docstring)
+and the warnings, ``render`` the printed table (``jobs/plan.py``)."""
+
+from bg2vec.planning.estimate import (
+    GIB,
+    REFERENCE,
+    ZERO3_HOST_SECONDS_PER_LAYER,
+    Memory,
+    Plan,
+    PlanConfig,
+    flops_per_token,
+    layer_activation_bytes_per_token,
+    memory,
+    plan,
+)
+from bg2vec.planning.render import render
+from bg2vec.planning.shapes import (
+    GPU,
+    GPUS,
+    LORA_TARGETS,
+    PRESETS,
+    Architecture,
+    architecture_of,
+    base_params,
+    layer_params,
+    load_architecture,
+    lora_params,
+)
+
+__all__ = ["GIB", "GPU", "GPUS", "LORA_TARGETS", "PRESETS", "REFERENCE", "ZERO3_HOST_SECONDS_PER_LAYER", "Architecture",
+           "Memory", "Plan", "PlanConfig", "architecture_of", "base_params", "flops_per_token",
+           "layer_activation_bytes_per_token", "layer_params", "load_architecture", "lora_params", "memory", "plan",
+           "render"]
