@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 
 import ray
@@ -18,9 +19,30 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     if address is None and "RAY_ADDRESS" not in os.environ:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)  # never a stray cluster
+        print(f"started a local Ray (dashboard: {start_local_ray()})", flush=True)
     else:
         ray.init(address=address, logging_level=logging.WARNING)
+
+
+def start_local_ray(**options) -> str:
+    """A new Ray of our own on this machine (``address="local"``: never the cluster that ``ray start``
+    may have left recorded in /tmp/ray), with its dashboard on a free port of 127.0.0.1; returns the
+    dashboard's URL.
+
+    The dashboard serves the State API, through which Ray Train's placement-group cleaner checks
+    once a second that a run's controller is alive. Without it the cleaner logs a warning at every
+    check, or hangs in GCS retries until stopping it times out with a traceback at the end of the
+    run; and when Tune ends a trial abruptly, the cleaner is what frees the trial's CPUs/GPUs.
+    Workers address this Ray's dashboard explicitly (RAY_API_SERVER_ADDRESS): another Ray on the
+    same machine would otherwise be taken for this one. Checked on ray 2.60.0
+    (train/v2/_internal/execution/controller/placement_group_cleaner.py)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": url}}, logging_level=logging.WARNING, **options)
+    return url
 
 
 @contextlib.contextmanager

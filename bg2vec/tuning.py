@@ -159,10 +159,7 @@ def run_search(cfg: TuneConfig) -> dict:
                           f"(MNTP + SimCSE max_steps): ASHA could never stop one; lower it")
     load_manifest(cfg.data)  # the data exists, before any trial finds out
     searcher_name = choose_searcher(cfg.searcher)
-    if cfg.ray_address is None and "RAY_ADDRESS" not in os.environ and not ray.is_initialized():
-        _start_local_ray()
-    else:
-        init_ray(cfg.ray_address)
+    init_ray(cfg.ray_address)
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"CPU": cfg.driver_cpus})
     experiment = child(cfg.output, EXPERIMENT)
     if tune.Tuner.can_restore(experiment):
@@ -243,24 +240,6 @@ def max_concurrent_trials(cluster: dict[str, float], need: dict[str, float]) -> 
     """How many trials the cluster fits at once (at least 1: an autoscaler adds nodes for it)."""
     fits = [math.floor(cluster.get(key, 0.0) / amount + 1e-9) for key, amount in need.items() if amount > 0]
     return max(1, min(fits))
-
-
-def _start_local_ray() -> None:
-    """A local Ray with its dashboard. When ASHA stops a trial, Tune ends it abruptly, and only Ray
-    Train's placement-group cleaner frees the CPUs/GPUs of the trial's workers; it finds the run's
-    state through the dashboard (the State API), addressed explicitly, since another Ray on the same
-    machine would otherwise be taken for this one."""
-    import logging
-    import socket
-
-    import ray
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
-             logging_level=logging.WARNING)
 
 
 def _trial_dirname(trial) -> str:

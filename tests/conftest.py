@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import logging
 import lzma
 import os
 import socket
@@ -41,8 +40,9 @@ def ray_local():
     import ray
     from ray.data import DataContext
 
-    # address="local": a new Ray of our own, even when `ray start` left a cluster address behind
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    from bg2vec.ray_utils import start_local_ray
+
+    start_local_ray(num_cpus=2)
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

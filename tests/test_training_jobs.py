@@ -228,6 +228,22 @@ def test_nan_loss_stops_the_run_with_a_clear_error(ray_head, tiny_data, tmp_path
     assert not (tmp_path / "m").exists()
 
 
+def test_a_run_without_a_cluster_starts_its_own_ray_and_its_console_holds_the_run(tiny_data, tmp_path):
+    """`python jobs/mntp.py` with no RAY_ADDRESS: a local Ray of its own, with its dashboard, which Ray
+    Train's placement-group cleaner needs (ray_utils.start_local_ray): without it the console got a
+    State API warning every second, or a traceback from stopping the cleaner at the end."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, "jobs/mntp.py", "--config", "configs/tiny/mntp.yaml", f"data={tiny_data}",
+                           f"output={tmp_path / 'model'}", "max_steps=30", "scaling.num_workers=1",
+                           "run.eval_every=0", "run.checkpoint_every=30"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console[-3000:]
+    assert "mntp finished: step 30, 240 samples" in done.stdout
+    assert re.search(r"started a local Ray \(dashboard: http://127\.0\.0\.1:\d+\)", done.stdout)
+    assert "State API" not in console and "PlacementGroupCleaner" not in console, console[-3000:]
+
+
 def test_bad_inputs_are_named_before_anything_runs(tmp_path, tiny_data, ray_head):
     done = run_job("mntp", ["--config", "configs/tiny/mntp.yaml", f"data={tmp_path}", "output=x"], ray_head)
     assert done.returncode == 1 and "is not a prepared data directory (no manifest.json)" in done.stderr
