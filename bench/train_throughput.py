@@ -122,12 +122,13 @@ def ray_deepspeed(cfg: MNTPConfig) -> float:
     return statistics.median(rate for step, rate in rates if step > WARMUP)
 
 
-def rounds(make_config, data: Path, count: int) -> tuple[list[float], list[float]]:
-    """tokens/s of count + 1 plain runs and of the count Ray runs between them."""
-    plain, through_ray = [plain_loop(make_config(0), data)], []
-    for i in range(count):
-        through_ray.append(ray_deepspeed(make_config(i)))
-        plain.append(plain_loop(make_config(i), data))
+def rounds(runs: list[MNTPConfig], data: Path) -> tuple[list[float], list[float]]:
+    """tokens/s of the Ray runs (one per config, each with an output of its own) and of the plain
+    runs before, between and after them."""
+    plain, through_ray = [plain_loop(runs[0], data)], []
+    for cfg in runs:
+        through_ray.append(ray_deepspeed(cfg))
+        plain.append(plain_loop(cfg, data))
     return plain, through_ray
 
 
@@ -152,9 +153,9 @@ def main() -> None:
         seq_len = load_manifest(str(data))["seq_len"]
         torch.set_num_threads(cores)  # the plain and DeepSpeed-alone loops' threads
         plain_alternating, alone = alternating(cfg, data)
-        plain, through_ray = rounds(lambda run: config(cores, run), data, count)
+        plain, through_ray = rounds([config(cores, run) for run in range(count)], data)
         torch.set_num_threads(1)  # one compute thread each, the other core left to Ray's own processes
-        plain_one, through_ray_one = rounds(lambda run: config(1, run), data, count)
+        plain_one, through_ray_one = rounds([config(1, run) for run in range(count)], data)
 
     tokens = cfg.global_batch_size * seq_len
     print(f"\nMNTP, the tiny preset's {cfg.model.name_or_path} ({cfg.model.tiny_layers} layers, hidden "

@@ -36,13 +36,18 @@ def start_local_ray(**options) -> str:
     Workers address this Ray's dashboard explicitly (RAY_API_SERVER_ADDRESS): another Ray on the
     same machine would otherwise be taken for this one. Checked on ray 2.60.0
     (train/v2/_internal/execution/controller/placement_group_cleaner.py)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
              runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": url}}, logging_level=logging.WARNING, **options)
     return url
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

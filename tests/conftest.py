@@ -6,10 +6,11 @@ import bz2
 import gzip
 import lzma
 import os
-import socket
 from pathlib import Path
 
 import pytest
+
+from bg2vec.ray_utils import free_port
 
 pytest_plugins = ["dump_server"]  # the local HTTP dump server of the download tests
 
@@ -55,12 +56,6 @@ def sample_xml() -> bytes:
 
 def compress(data: bytes, codec: str) -> bytes:
     return {"bz2": bz2.compress, "xz": lzma.compress, "gzip": gzip.compress, "plain": bytes}[codec](data)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
