@@ -128,7 +128,7 @@ def main() -> None:
             f"model.name_or_path={base}", "overwrite=true")
         run("simcse", "--config", "configs/replicate/simcse.yaml", f"data={data}", f"mntp={work / 'mntp'}",
             f"output={work / 'simcse'}", "overwrite=true")
-        run("evaluate", "--config", "configs/tiny/evaluate.yaml", f"model={work / 'simcse'}",
+        run("evaluate", "--config", "configs/replicate/evaluate.yaml", f"model={work / 'simcse'}",
             f"output={work / 'eval'}", f"data_dir={shared_dir() / 'data' / 'eval'}", "overwrite=true")
         results = json.loads((work / "eval" / "results.json").read_text())
         print((work / "eval" / "report.md").read_text())

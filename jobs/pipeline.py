@@ -49,7 +49,7 @@ def stage_configs(preset: str, output: str, overrides: list[str]) -> dict:
     wiring = {"prepare": [f"output={paths['prepare']}"],
               "mntp": [f"data={paths['prepare']}", f"output={paths['mntp']}"],
               "simcse": [f"data={paths['prepare']}", f"mntp={paths['mntp']}", f"output={paths['simcse']}"],
-              "evaluate": [f"model={paths['simcse']}", f"output={paths['evaluate']}"],
+              "evaluate": [f"model={paths['simcse']}", f"data={paths['prepare']}", f"output={paths['evaluate']}"],
               "embed": [f"model={paths['simcse']}", f"input={paths['prepare']}", f"output={paths['embed']}"]}
     per_stage: dict[str, list[str]] = {s: [] for s in STAGES}
     for item in overrides:
@@ -78,9 +78,9 @@ def run(preset: str, output: str, overwrite: bool, overrides: list[str]) -> str:
 
     configs = stage_configs(preset, output, overrides)
     evaluation = configs["evaluate"]
-    if overwrite or not complete("evaluate", evaluation):  # its files are there before training starts
+    if overwrite or not complete("evaluate", evaluation):  # its files are there (or downloaded) before training
         for spec in evaluation.tasks:
-            task_files(spec, evaluation.resolved_data_dir())
+            task_files(spec, evaluation.sources())
     table = ""
     for stage in STAGES:
         cfg = configs[stage]

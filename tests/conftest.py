@@ -105,3 +105,17 @@ def write_trained_encoder(root: Path, tokenizer, **settings) -> Path:
         {"name": "mntp", "adapter": "stages/mntp", "hyperparameters": {}},
         {"name": "simcse", "adapter": ".", "hyperparameters": {}}], **settings))
     return root
+
+
+def write_prepared_pages(root: Path, pages: list[dict]) -> Path:
+    """A prepared data directory holding only ``pages`` (dicts of the pages/ columns) and a manifest:
+    what the corpus-derived evaluation tasks read."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "pages").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(pages), root / "pages" / "part-0.parquet")
+    (root / "manifest.json").write_text(json.dumps({"counts": {}}))
+    return root

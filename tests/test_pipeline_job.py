@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from bg2vec.errors import Bg2VecError, ConfigError
+from bg2vec.ray_utils import free_port
 from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("pipeline_job", REPO / "jobs" / "pipeline.py")
@@ -41,9 +42,13 @@ def test_the_command_line_names_what_is_missing(tmp_path):
     assert done.returncode == 2 and "mask_ratio" in done.stderr and not list(tmp_path.iterdir())
 
 
-def test_missing_evaluation_files_stop_the_pipeline_before_any_stage(tmp_path):
+def test_missing_or_undownloadable_evaluation_files_stop_the_pipeline_before_any_stage(tmp_path, fast_retries):
     output = tmp_path / "run"
     with pytest.raises(Bg2VecError, match=rf"task SIB200Classification: file {tmp_path}/nowhere/sib200_bul/train.tsv "
                                           r"does not exist .*set data_dir="):
-        pipeline.run("tiny", str(output), False, [f"evaluate.data_dir={tmp_path}/nowhere"])
+        pipeline.run("bggpt-7b", str(output), False, [f"evaluate.data_dir={tmp_path}/nowhere"])
+    offline = [f"evaluate.cache_dir={tmp_path / 'cache'}", f"evaluate.download_mirror=http://127.0.0.1:{free_port()}"]
+    with pytest.raises(Bg2VecError, match=r"task SIB200Classification: cannot download the evaluation file "
+                                          r"sib200_bul/train.tsv: .*Offline\? Set data_dir="):
+        pipeline.run("bggpt-7b", str(output), False, offline)
     assert not output.exists()  # nothing prepared or trained first

@@ -156,9 +156,10 @@ def _attempt(url: str, part: Path, timeout: float, chunk_size: int, report: _Pro
             return  # part already holds the whole file; verification decides
         if e.code >= 500 or e.code in (408, 429):
             raise _Transient(f"the server answered HTTP {e.code} {e.reason}", 0) from None
+        dated = (" Wikimedia removes dated dumps after a few months, so a newer date or 'latest' may be needed."
+                 if "wikimedia" in urllib.parse.urlsplit(url).netloc else "")
         raise DownloadError(
-            f"Cannot download {url}: the server answered HTTP {e.code} {e.reason}. Check the URL; "
-            "Wikimedia removes dated dumps after a few months, so a newer date or 'latest' may be needed."
+            f"Cannot download {url}: the server answered HTTP {e.code} {e.reason}. Check the URL.{dated}"
         ) from None
     except (OSError, http.client.HTTPException) as e:
         _raise_network_error(url, e, received=0)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from bg2vec.evaluation.models import ModelSpec
-from bg2vec.evaluation.tasks import TaskSpec
+from bg2vec.evaluation.tasks import TaskSources, TaskSpec
 
 
 @dataclass
@@ -36,9 +35,17 @@ class EvaluateConfig:
     """Other encoders in the same report (e.g. a sentence-transformers folder)."""
     tasks: list[TaskSpec] = field(default_factory=list)
     """The tasks (see bg2vec.evaluation.tasks for the file formats)."""
+    data: str | None = None
+    """The prepared data directory (jobs/prepare_data.py's output) that tasks with a `corpus:` section
+    are built from; jobs/pipeline.py sets it."""
     data_dir: str | None = None
-    """Where relative task files are; default: $BG2VEC_SHARED/data/eval, else ../shared/data/eval.
-    A path starting with pkg: is inside the bg2vec package (its own evaluation sets)."""
+    """A folder holding your own copies of the task files (relative paths are under it). Default: the
+    download cache, where the official sets are downloaded on first use. A path starting with pkg:
+    is inside the bg2vec package (its own evaluation sets)."""
+    cache_dir: str | None = None
+    """The download cache of the official sets; default: ~/.cache/bg2vec/eval ($BG2VEC_CACHE/eval when set)."""
+    download_mirror: str | None = None
+    """A base URL serving the official files under their original paths (replaces scheme and host)."""
     batch_size: int = 32
     """Texts per forward pass."""
     max_length: int | None = None
@@ -50,8 +57,7 @@ class EvaluateConfig:
     overwrite: bool = False
     """Replace an existing report at output."""
 
-    def resolved_data_dir(self) -> str:
-        if self.data_dir is not None:
-            return self.data_dir
-        shared = os.environ.get("BG2VEC_SHARED")
-        return os.path.join(shared, "data", "eval") if shared else os.path.join("..", "shared", "data", "eval")
+    def sources(self) -> TaskSources:
+        """Where the tasks' inputs come from."""
+        return TaskSources(data_dir=self.data_dir, cache_dir=self.cache_dir, mirror=self.download_mirror,
+                           corpus=self.data)

@@ -37,7 +37,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     names = [t.name for t in cfg.tasks]
     if len(set(names)) != len(names):
         raise Bg2VecError(f"task names must be unique, got {names}")
-    tasks = [load_task(spec, cfg.resolved_data_dir()) for spec in cfg.tasks]
+    tasks = [load_task(spec, cfg.sources()) for spec in cfg.tasks]
+    for task in tasks:
+        print(f"[evaluate] task {task.spec.name} ({task.spec.type}): {task.note or f'{len(task.texts)} texts'}",
+              flush=True)
     specs = []
     if cfg.model is not None:  # no baselines: the model itself
         specs = baselines_of(cfg.model, cfg.baselines) if cfg.baselines else [ModelSpec("model", cfg.model)]
@@ -62,8 +65,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
     staging = Path(tempfile.mkdtemp(prefix="bg2vec-eval-"))
     try:
-        notes = ("Tasks: " + "; ".join(f"{t.spec.name} ({t.spec.type}, {len(t.texts)} texts)" for t in tasks)
-                 + ". Metrics follow MTEB's definitions (bg2vec.evaluation.metrics).")
+        notes = ("Tasks:\n\n" + "".join(f"- {t.spec.name} ({t.spec.type}, {len(t.texts)} texts"
+                                          f"{': ' + t.note if t.note else ''})\n" for t in tasks)
+                 + "\nMetrics follow MTEB's definitions (bg2vec.evaluation.metrics).")
         table = write_report(staging, results, main, notes)
         publish_dir(staging, cfg.output, last=RESULTS_NAME)
     finally:

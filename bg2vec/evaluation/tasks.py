@@ -9,8 +9,14 @@ names are configurable):
 - retrieval: ``queries`` (id, text), ``corpus`` (id, text) and ``qrels`` (query-id, corpus-id,
   score) — the BEIR layout — or ``exams`` for an EXAMS ``*_with_para.jsonl`` file (see
   :mod:`bg2vec.evaluation.exams`).
-- bitext_mining: ``test`` file with ``source`` and ``target`` columns (row i's translation is row i).
+- bitext_mining: ``test`` file with ``source`` and ``target`` columns (row i's translation is row i),
+  or ``source`` and ``target`` plain-text files of one sentence per line (Tatoeba's layout).
 - triples: ``test`` JSONL with ``anchor``, ``positive``, ``negative`` fields.
+
+Relative paths are read from ``data_dir`` when it is set, else from the download cache, where the
+official sets are downloaded on first use (:mod:`bg2vec.evaluation.sources`). A task with a
+``corpus:`` section reads no files: it is built from the prepared data directory
+(:mod:`bg2vec.evaluation.corpus_tasks`).
 
 A task encodes through an ``encode(texts) -> np.ndarray`` callable, so the same task scores a bg2vec
 encoder, a baseline, or any sentence-transformers model.
@@ -29,8 +35,10 @@ import numpy as np
 
 import bg2vec
 from bg2vec.errors import Bg2VecError
-from bg2vec.evaluation import metrics
+from bg2vec.evaluation import corpus_tasks, metrics
+from bg2vec.evaluation.corpus_tasks import CorpusTaskSettings
 from bg2vec.evaluation.exams import exams_retrieval
+from bg2vec.evaluation.sources import cached_file, default_cache_dir
 
 PACKAGE_PREFIX = "pkg:"
 Encode = Callable[[list[str]], np.ndarray]
@@ -47,7 +55,11 @@ class TaskSpec:
     type: Literal["classification", "clustering", "retrieval", "bitext_mining", "triples"]
     """What is measured, with MTEB's metric definitions (see bg2vec.evaluation.metrics)."""
     files: dict[str, list[str]] = field(default_factory=dict)
-    """Role -> files (relative paths are under data_dir): train/test, queries/corpus/qrels, exams."""
+    """Role -> files (relative paths: under data_dir, else the download cache): train/test,
+    queries/corpus/qrels, exams, source/target."""
+    corpus: CorpusTaskSettings | None = None
+    """Build the task from the prepared data directory (the evaluate config's ``data``) instead of
+    files: retrieval, classification or clustering over its pages (see bg2vec.evaluation.corpus_tasks)."""
     text_column: str = "text"
     """Column holding the text (classification, clustering)."""
     label_column: str = "label"
@@ -63,6 +75,20 @@ class TaskSpec:
 
 
 @dataclass
+class TaskSources:
+    """Where a task's inputs come from."""
+
+    data_dir: str | Path | None = None
+    """Local copies of the task files; None: the download cache."""
+    cache_dir: str | Path | None = None
+    """The download cache; None: ~/.cache/bg2vec/eval (or $BG2VEC_CACHE/eval)."""
+    mirror: str | None = None
+    """A mirror of the official files' URLs (see bg2vec.evaluation.sources)."""
+    corpus: str | None = None
+    """The prepared data directory that corpus tasks are built from."""
+
+
+@dataclass
 class Task:
     """A loaded task: the texts it needs and a scorer over their embeddings."""
 
@@ -70,6 +96,8 @@ class Task:
     texts: list[str]
     score: Callable[[np.ndarray], dict]
     """Scores from the embeddings of ``texts`` (in that order)."""
+    note: str = ""
+    """What the report says about the task (size, chance level, overlap with training text)."""
 
     @property
     def main_score(self) -> str:
@@ -79,17 +107,51 @@ class Task:
         return self.score(encode(self.texts))
 
 
-def task_files(spec: TaskSpec, data_dir: str | Path) -> dict[str, list[Path]]:
-    """Role -> the task's files, each checked to exist (a missing one is named with what to do)."""
-    return {role: [_resolve(p, data_dir, spec.name) for p in paths] for role, paths in spec.files.items()}
+def task_files(spec: TaskSpec, sources: TaskSources | str | Path) -> dict[str, list[Path]]:
+    """Role -> the task's files, each checked to exist or downloaded into the cache (a missing one is
+    named with what to do)."""
+    sources = sources if isinstance(sources, TaskSources) else TaskSources(data_dir=sources)
+    return {role: [_resolve(p, sources, spec.name) for p in paths] for role, paths in spec.files.items()}
 
 
-def load_task(spec: TaskSpec, data_dir: str | Path) -> Task:
-    """Read a task's files; a missing file or column is named with what to do."""
-    files = task_files(spec, data_dir)
+def load_task(spec: TaskSpec, sources: TaskSources | str | Path) -> Task:
+    """Read a task's files (or build it from the prepared corpus); a missing file or column is named
+    with what to do."""
+    sources = sources if isinstance(sources, TaskSources) else TaskSources(data_dir=sources)
+    if spec.corpus is not None:
+        return _from_corpus(spec, sources.corpus)
+    files = task_files(spec, sources)
     loader = {"classification": _classification, "clustering": _clustering, "retrieval": _retrieval,
               "bitext_mining": _bitext, "triples": _triples}[spec.type]
     return loader(spec, files)
+
+
+def _from_corpus(spec: TaskSpec, data: str | None) -> Task:
+    if spec.type not in ("retrieval", "classification", "clustering"):
+        raise Bg2VecError(f"task {spec.name}: a corpus task is a retrieval, classification or clustering task, "
+                          f"not {spec.type}")
+    if data is None:
+        raise Bg2VecError(f"task {spec.name} is built from a prepared data directory: set data=DIR (the output of "
+                          f"jobs/prepare_data.py; jobs/pipeline.py sets it)")
+    pages = corpus_tasks.read_pages(data, spec.corpus, spec.name)
+    if spec.type == "retrieval":
+        built = corpus_tasks.retrieval(pages, spec.corpus, spec.name)
+        n = built.queries
+        relevant = [{i: 1} for i in range(n)]
+        return Task(spec, built.texts, lambda e: metrics.retrieval(e[:n], e[n:], relevant), built.note)
+    built = corpus_tasks.labelled(pages, spec.corpus, spec.name, split_half=spec.type == "classification")
+    labels = built.labels
+    if spec.type == "clustering":
+        return Task(spec, built.texts, lambda e: metrics.clustering(e, labels, n_repetitions=spec.n_experiments,
+                                                                     seed=spec.seed), built.note)
+    k = built.n_train
+
+    def score(embeddings: np.ndarray) -> dict:
+        return metrics.classification(lambda idx: embeddings[idx], labels[:k], embeddings[k:], labels[k:],
+                                      n_experiments=spec.n_experiments, samples_per_label=spec.samples_per_label,
+                                      seed=spec.seed)
+
+    return Task(spec, built.texts, score, built.note)
 
 
 def _need(spec: TaskSpec, files: dict, *roles: str) -> list[list[Path]]:
@@ -143,8 +205,14 @@ def _retrieval(spec: TaskSpec, files: dict) -> Task:
 
 
 def _bitext(spec: TaskSpec, files: dict) -> Task:
-    (test_files,) = _need(spec, files, "test")
-    source, target = _columns(test_files, ("source", "target"), spec.name)
+    if files.get("source") or files.get("target"):
+        source, target = (_lines(paths, spec.name) for paths in _need(spec, files, "source", "target"))
+        if len(source) != len(target):
+            raise Bg2VecError(f"task {spec.name}: the source files have {len(source)} lines and the target files "
+                              f"{len(target)}; line i of one must be the translation of line i of the other")
+    else:
+        (test_files,) = _need(spec, files, "test")
+        source, target = _columns(test_files, ("source", "target"), spec.name)
     n = len(source)
     return Task(spec, source + target, lambda e: metrics.bitext_mining(e[:n], e[n:]))
 
@@ -157,15 +225,27 @@ def _triples(spec: TaskSpec, files: dict) -> Task:
                 lambda e: metrics.triples(e[:n], e[n:2 * n], e[2 * n:]))
 
 
-def _resolve(path: str, data_dir: str | Path, task: str) -> Path:
+def _resolve(path: str, sources: TaskSources, task: str) -> Path:
     if path.startswith(PACKAGE_PREFIX):  # the evaluation sets that ship with bg2vec
         resolved = Path(bg2vec.__file__).parent / "resources" / path[len(PACKAGE_PREFIX):]
+    elif Path(path).is_absolute() or sources.data_dir is not None:
+        resolved = Path(path) if Path(path).is_absolute() else Path(sources.data_dir) / path
     else:
-        resolved = Path(path) if Path(path).is_absolute() else Path(data_dir) / path
+        try:
+            return cached_file(path, sources.cache_dir or default_cache_dir(), mirror=sources.mirror)
+        except Bg2VecError as e:
+            raise Bg2VecError(f"task {task}: {e}") from None
     if not resolved.is_file():
         raise Bg2VecError(f"task {task}: file {resolved} does not exist (relative paths are under "
-                          f"data_dir={data_dir}; set data_dir= or give absolute paths)")
+                          f"data_dir={sources.data_dir}; set data_dir= or give absolute paths)")
     return resolved
+
+
+def _lines(paths: list[Path], task: str) -> list[str]:
+    lines = [line for path in paths for line in path.read_text(encoding="utf-8").splitlines()]
+    if not lines:
+        raise Bg2VecError(f"task {task}: {', '.join(map(str, paths))} hold no lines")
+    return lines
 
 
 def _columns(paths: list[Path], names: tuple[str, ...], task: str) -> tuple[list, ...]:
