@@ -178,16 +178,14 @@ def _scaling(cpus: int, dump: Path) -> dict:
 
 
 def _scaling_run(cpus: int, dump: str) -> None:
-    import logging
-
-    import ray
     from ray.data import DataContext
 
     from bg2vec.config import load_config
     from bg2vec.data.config import PrepareConfig
     from bg2vec.data.pipeline import prepare
+    from bg2vec.ray_utils import start_local_ray
 
-    ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.ERROR)
+    start_local_ray(num_cpus=cpus)  # a Ray of its own (never a cluster `ray start` left in /tmp/ray)
     DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(PrepareConfig, None, [f"dump={dump}", f"output={out}", "range_mb=2",

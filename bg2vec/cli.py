@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
 from bg2vec.config import describe, load_config
+from bg2vec.console import VERBOSE_ENV, setup_console
 from bg2vec.errors import Bg2VecError, ConfigError
 
 T = TypeVar("T")
@@ -26,8 +26,10 @@ def run_job(config_cls: type[T], main: Callable[[T], str], doc: str | None) -> N
         epilog="settings (key=value; nested keys with dots):\n" + describe(config_cls))
     parser.add_argument("--config", help="YAML file with settings (e.g. configs/tiny/...)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings that override the file")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"also print Ray's, DeepSpeed's and transformers' own logs (as {VERBOSE_ENV}=1 does)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_console(args.verbose)
     try:
         cfg = load_config(config_cls, args.config, args.overrides)
     except ConfigError as e:

@@ -162,6 +162,8 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
             value = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
             pass
+    if tp is Any:  # free-form values handed to user code as they are (e.g. a callable's options)
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             return _fail(value, f"a section of keys ({', '.join(f.name for f in dataclasses.fields(tp))})",

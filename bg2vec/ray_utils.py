@@ -7,10 +7,13 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import ray
 from ray.exceptions import RayTaskError
 
+from bg2vec import console
+from bg2vec._compat import LOCAL_ACTOR_POOL_ARGS
 from bg2vec.errors import Bg2VecError
 
 
@@ -18,16 +21,30 @@ def init_ray(address: str | None = None) -> None:
     """Join ``address`` (or RAY_ADDRESS, as set by ``ray job submit``), else start a local Ray."""
     if ray.is_initialized():
         return
+    console.quiet_driver()
     if address is None and "RAY_ADDRESS" not in os.environ:
-        print(f"started a local Ray (dashboard: {start_local_ray()})", flush=True)
+        local = start_local_ray()
+        shown = "" if console.verbose() else f" (--verbose or {console.VERBOSE_ENV}=1 prints them here too)"
+        print(f"started a local Ray (dashboard: {local.dashboard}); Ray's, DeepSpeed's and transformers' logs: "
+              f"{local.logs}{shown}", flush=True)
     else:
         ray.init(address=address, logging_level=logging.WARNING)
 
 
-def start_local_ray(**options) -> str:
+@dataclass(frozen=True)
+class LocalRay:
+    dashboard: str
+    """The dashboard's URL."""
+    logs: str
+    """The session's log folder: every worker's stdout/stderr, Ray Data's and Ray Train's logs."""
+
+
+_local_gcs: str | None = None  # the GCS address of the Ray that start_local_ray started
+
+
+def start_local_ray(**options) -> LocalRay:
     """A new Ray of our own on this machine (``address="local"``: never the cluster that ``ray start``
-    may have left recorded in /tmp/ray), with its dashboard on a free port of 127.0.0.1; returns the
-    dashboard's URL.
+    may have left recorded in /tmp/ray), with its dashboard on a free port of 127.0.0.1.
 
     The dashboard serves the State API, through which Ray Train's placement-group cleaner checks
     once a second that a run's controller is alive. Without it the cleaner logs a warning at every
@@ -35,12 +52,24 @@ def start_local_ray(**options) -> str:
     run; and when Tune ends a trial abruptly, the cleaner is what frees the trial's CPUs/GPUs.
     Workers address this Ray's dashboard explicitly (RAY_API_SERVER_ADDRESS): another Ray on the
     same machine would otherwise be taken for this one. Checked on ray 2.60.0
-    (train/v2/_internal/execution/controller/placement_group_cleaner.py)."""
+    (train/v2/_internal/execution/controller/placement_group_cleaner.py). The workers' environment
+    also carries the console settings (bg2vec.console.local_worker_env)."""
+    global _local_gcs
+    console.quiet_driver()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": url}}, logging_level=logging.WARNING, **options)
-    return url
+    context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                       runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": url, **console.local_worker_env()}},
+                       logging_level=logging.WARNING, **options)
+    _local_gcs = context.address_info["gcs_address"]
+    return LocalRay(url, os.path.join(context.address_info["session_dir"], "logs"))
+
+
+def actor_pool_args() -> dict:
+    """Extra Ray remote args for a Ray Data actor pool (``map_batches(..., **actor_pool_args())``):
+    no actor restarts on a local Ray (bg2vec._compat.LOCAL_ACTOR_POOL_ARGS), Ray's default elsewhere."""
+    local = ray.is_initialized() and ray.get_runtime_context().gcs_address == _local_gcs
+    return dict(LOCAL_ACTOR_POOL_ARGS) if local else {}
 
 
 def free_port() -> int:

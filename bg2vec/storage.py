@@ -88,7 +88,12 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 def localize(uri_or_path: str, skip_suffixes: tuple[str, ...] = ()) -> str:
     """A local path for ``uri_or_path``: itself when local (or a hub id), else a downloaded copy
-    without the files ending in ``skip_suffixes`` (WEIGHT_SUFFIXES: just the tokenizer and configs)."""
+    without the files ending in ``skip_suffixes`` (WEIGHT_SUFFIXES: just the tokenizer and configs).
+    ``packaged:<name>`` is the packaged model's folder (bg2vec.modeling.packaged)."""
+    if uri_or_path.startswith("packaged:"):
+        from bg2vec.modeling.packaged import resolve as resolve_packaged
+
+        return resolve_packaged(uri_or_path)
     if is_local(uri_or_path):
         return uri_or_path
     fs, path = resolve(uri_or_path)

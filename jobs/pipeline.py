@@ -9,6 +9,9 @@
     # BgGPT-7B on a cluster (each stage as its own job is often handier: see README)
     ray job submit --working-dir . -- python jobs/pipeline.py --preset bggpt-7b output=s3://my-bucket/bg2vec
 
+    # Ray's, DeepSpeed's and transformers' own logs on the console too (they are always in Ray's log folder)
+    python jobs/pipeline.py --preset tiny output=runs/tiny --verbose
+
 Writes OUTPUT/data, OUTPUT/mntp, OUTPUT/simcse, OUTPUT/eval and OUTPUT/embeddings (the prepared
 pages, embedded). A stage whose output is already complete is skipped, so running the command again continues
 where it stopped (overwrite=true redoes everything); the training stages resume from their checkpoints
@@ -22,6 +25,7 @@ import sys
 from pathlib import Path
 
 from bg2vec.config import load_config
+from bg2vec.console import VERBOSE_ENV, setup_console
 from bg2vec.errors import Bg2VecError, ConfigError
 from bg2vec.storage import child
 
@@ -69,7 +73,7 @@ def complete(stage: str, cfg) -> bool:
 
 
 def run(preset: str, output: str, overwrite: bool, overrides: list[str]) -> str:
-    from bg2vec.data.pipeline import prepare
+    from bg2vec.data.pipeline import describe_prepared, prepare
     from bg2vec.embedding.pipeline import embed
     from bg2vec.evaluation.runner import evaluate
     from bg2vec.evaluation.tasks import task_files
@@ -93,7 +97,7 @@ def run(preset: str, output: str, overwrite: bool, overrides: list[str]) -> str:
             cfg.overwrite = True  # (the embedding resumes from its finished shards by itself)
         print(f"[pipeline] {stage} -> {cfg.output}", flush=True)
         if stage == "prepare":
-            prepare(cfg)
+            print(describe_prepared(cfg.output, prepare(cfg)), flush=True)
         elif stage == "evaluate":
             table = evaluate(cfg)["table"]
         elif stage == "embed":
@@ -112,7 +116,10 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny", help="a folder under configs/ (tiny, bggpt-7b, ...)")
     parser.add_argument("settings", nargs="*", metavar="key=value",
                         help="output=DIR (required), overwrite=true, and STAGE.key=value for a stage")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"also print Ray's, DeepSpeed's and transformers' own logs (as {VERBOSE_ENV}=1 does)")
     args = parser.parse_args()
+    setup_console(args.verbose)
     top = dict(s.split("=", 1) for s in args.settings if "=" in s and s.split("=", 1)[0] in ("output", "overwrite"))
     rest = [s for s in args.settings if s.split("=", 1)[0] not in ("output", "overwrite")]
     try:

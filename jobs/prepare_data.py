@@ -16,25 +16,11 @@ The output directory is complete once its manifest.json exists (counts, sources,
 
 from bg2vec.cli import run_job
 from bg2vec.data.config import PrepareConfig
-from bg2vec.data.pipeline import prepare
-from bg2vec.storage import child, redact
+from bg2vec.data.pipeline import describe_prepared, prepare
 
 
 def main(cfg: PrepareConfig) -> str:
-    manifest = prepare(cfg)
-    c = manifest["counts"]
-    lines = [f"prepared {redact(cfg.output)}:",
-             f"  pages: {c['pages_read']} read, {c['pages_kept']} kept "
-             f"({c['pages_kept_by_split']['train']} train / {c['pages_kept_by_split']['validation']} validation), "
-             f"skipped {c['pages_skipped']}",
-             f"  blocks of {manifest['seq_len']} tokens: {c['blocks']}, tokens {c['tokens']}, "
-             f"dropped at shard ends {c['dropped_tokens']}"]
-    if manifest["salvage"]:
-        s = manifest["salvage"]
-        lines.append(f"  salvage: {s['ranges_cut_short']} range(s) cut short, about {s['bytes_lost']:,} bytes "
-                     f"and {s['partial_pages_lost']} partial page(s) lost: {'; '.join(s['problems'])}")
-    lines.append(f"  manifest: {redact(child(cfg.output, 'manifest.json'))}")
-    return "\n".join(lines)
+    return describe_prepared(cfg.output, prepare(cfg))
 
 
 if __name__ == "__main__":

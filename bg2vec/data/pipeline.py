@@ -32,6 +32,7 @@ from ray.data.expressions import col
 
 import bg2vec
 from bg2vec import storage
+from bg2vec._compat import actor_restarts_setting
 from bg2vec.config import to_dict
 from bg2vec.data.config import PrepareConfig
 from bg2vec.data.dump_datasource import WikipediaDumpDatasource
@@ -44,7 +45,7 @@ from bg2vec.data.sources import resolve_dump
 from bg2vec.data.stages import TokenizeDocs, clean_pages
 from bg2vec.data.tokenization import load_tokenizer, train_bpe_tokenizer
 from bg2vec.errors import Bg2VecError, DumpError
-from bg2vec.ray_utils import init_ray, reraise_user_error
+from bg2vec.ray_utils import actor_pool_args, init_ray, reraise_user_error
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ def prepare(cfg: PrepareConfig) -> dict:
         with reraise_user_error(), _small_blocks():
             pages = _write_pages(cfg, source, siteinfo, ranges, out, run_id)
             kept = sum(pages["kept"].values())
+            log.info("pages: %d kept, %d skipped -> %s", kept, sum(pages["skipped"].values()),
+                     storage.redact(out.pages_uri))
             if not kept:
                 raise DumpError(f"dump {source.display}: no article was kept (skipped: "
                                 f"{dict(pages['skipped']) or 'none'}); is it a pages-articles dump?")
@@ -165,9 +168,11 @@ def _write_blocks(cfg: PrepareConfig, tokenizer, out: PreparedDir, page_files: l
     ds = ray.data.read_datasource(ParquetFilesDatasource(page_files, ["title", "text", "split"]),
                                   num_cpus=0,  # I/O only; the tokenizer actors hold the CPUs
                                   override_num_blocks=len(page_files))
-    ds = ds.map_batches(TokenizeDocs, batch_size=TOKENIZE_BATCH_DOCS, batch_format="pyarrow",
-                        compute=ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
-                        fn_constructor_args=(tokenizer.backend_tokenizer.to_str(), bos, eos, tc.include_title))
+    with actor_restarts_setting():
+        ds = ds.map_batches(TokenizeDocs, batch_size=TOKENIZE_BATCH_DOCS, batch_format="pyarrow",
+                            compute=ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
+                            fn_constructor_args=(tokenizer.backend_tokenizer.to_str(), bos, eos, tc.include_title),
+                            **actor_pool_args())
     sink = BlocksDatasink(out.blocks_uri, run_id, cfg.seq_len)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
     totals = {split: {"docs": 0, "tokens": 0, "blocks": 0, "dropped_tokens": 0, "files": []}
@@ -214,6 +219,23 @@ def _manifest(cfg: PrepareConfig, source, siteinfo, n_ranges: int, pages: dict, 
                   **{f"blocks/{s}": sorted(blocks[s]["files"]) for s in SPLITS}},
         "config": to_dict(cfg),
     }
+
+
+def describe_prepared(output: str, manifest: dict) -> str:
+    """The lines a finished prepare stage prints: what it kept and made, and where."""
+    c = manifest["counts"]
+    lines = [f"prepared {storage.redact(output)}:",
+             f"  pages: {c['pages_read']} read, {c['pages_kept']} kept "
+             f"({c['pages_kept_by_split']['train']} train / {c['pages_kept_by_split']['validation']} validation), "
+             f"skipped {c['pages_skipped']}",
+             f"  blocks of {manifest['seq_len']} tokens: {c['blocks']}, tokens {c['tokens']}, "
+             f"dropped at shard ends {c['dropped_tokens']}"]
+    if manifest["salvage"]:
+        s = manifest["salvage"]
+        lines.append(f"  salvage: {s['ranges_cut_short']} range(s) cut short, about {s['bytes_lost']:,} bytes "
+                     f"and {s['partial_pages_lost']} partial page(s) lost: {'; '.join(s['problems'])}")
+    lines.append(f"  manifest: {storage.redact(storage.child(output, 'manifest.json'))}")
+    return "\n".join(lines)
 
 
 def load_manifest(directory: str) -> dict:

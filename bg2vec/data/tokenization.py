@@ -14,9 +14,11 @@ SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
 
 def load_tokenizer(name_or_path: str, revision: str | None = None,
                    trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """A fast (Rust-backed) Hugging Face tokenizer from a hub id or a local folder."""
+    """A fast (Rust-backed) Hugging Face tokenizer from a hub id, a local folder or a packaged model."""
+    from bg2vec.modeling.packaged import resolve
+
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision,
+        tok = AutoTokenizer.from_pretrained(resolve(name_or_path), revision=revision,
                                             trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise Bg2VecError(

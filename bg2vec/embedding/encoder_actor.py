@@ -11,8 +11,10 @@ class PassageEncoder:
 
     def __init__(self, model: str, batch_size: int, instruction: str | None, normalize: bool, dtype: str):
         from bg2vec import Bg2Vec
+        from bg2vec.console import quiet_worker
         from bg2vec.storage import localize
 
+        quiet_worker()
         cuda = torch.cuda.is_available()  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU(s)
         torch_dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bfloat16": torch.bfloat16,
                        "float32": torch.float32}[dtype]

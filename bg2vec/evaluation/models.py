@@ -10,11 +10,12 @@ Baselines of a trained directory (the LLM2Vec paper's comparison), all from the 
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -32,9 +33,13 @@ class ModelSpec:
     name: str
     """Its name in the report."""
     path: str
-    """A bg2vec directory, a base LLM (hub id or folder), or a sentence-transformers model folder."""
-    kind: Literal["bg2vec", "sentence-transformers"] = "bg2vec"
-    """How to load it."""
+    """A bg2vec directory, a base LLM (hub id, folder or packaged:<name>), a sentence-transformers
+    model folder, or for kind callable ``module:function``."""
+    kind: Literal["bg2vec", "sentence-transformers", "callable"] = "bg2vec"
+    """How to load it. callable: any encoder, e.g. one that transformers cannot load: ``function(**options)``
+    returns ``encode(texts: list[str]) -> array [n, d]`` (e.g. bg2vec.evaluation.reference:e5_small)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """callable only: keyword arguments of the function."""
     bidirectional: bool | None = None
     """bg2vec only: override the attention direction."""
     pooling: str | None = None
@@ -71,6 +76,8 @@ def baselines_of(model: str, wanted: list[str]) -> list[ModelSpec]:
 def load_encoder(spec: ModelSpec, *, batch_size: int, max_length: int | None, device: str | None
                  ) -> Callable[[list[str]], np.ndarray]:
     """``encode(texts) -> [n, d] float32`` for ``spec``."""
+    if spec.kind == "callable":
+        return _from_callable(spec)
     if spec.kind == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
 
@@ -85,3 +92,26 @@ def load_encoder(spec: ModelSpec, *, batch_size: int, max_length: int | None, de
     encoder = Bg2Vec.from_pretrained(spec.path, bidirectional=spec.bidirectional, pooling=spec.pooling,
                                      max_length=max_length, device=device, up_to_stage=spec.up_to_stage)
     return lambda texts: encoder.encode(texts, batch_size=batch_size)
+
+
+def _from_callable(spec: ModelSpec) -> Callable[[list[str]], np.ndarray]:
+    module_name, _, function_name = spec.path.partition(":")
+    if not module_name or not function_name:
+        raise Bg2VecError(f"model {spec.name}: kind callable needs path module:function, got {spec.path!r}")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as e:
+        raise Bg2VecError(f"model {spec.name}: cannot import {spec.path}: {e}") from None
+    encode = function(**spec.options)
+    if not callable(encode):
+        raise Bg2VecError(f"model {spec.name}: {spec.path}(**options) returned {type(encode).__name__}, "
+                          f"not an encode(texts) function")
+
+    def checked(texts: list[str]) -> np.ndarray:
+        vectors = np.asarray(encode(list(texts)), dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(texts):
+            raise Bg2VecError(f"model {spec.name}: {spec.path}'s encoder returned shape {vectors.shape} "
+                              f"for {len(texts)} texts; expected [n, d]")
+        return vectors
+
+    return checked

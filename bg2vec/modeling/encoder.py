@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 import bg2vec
+from bg2vec._compat import bare_model_from_causal_lm, peft_quietly
 from bg2vec.errors import Bg2VecError
+from bg2vec.modeling import packaged
 from bg2vec.modeling.bidirectional import family_of, make_bidirectional, make_causal
 from bg2vec.modeling.inputs import build_sequences, collate
 from bg2vec.modeling.pooling import POOLING_MODES, pool
@@ -105,16 +107,18 @@ class Bg2Vec:
             config, base = None, str(name_or_path)
         dtype = dtype or torch_dtype or (torch.bfloat16 if torch.cuda.is_available() and device != "cpu"
                                          else torch.float32)
+        name, base = base, packaged.resolve(base)  # the config keeps a packaged model's name, not a cache path
         try:
-            model = AutoModel.from_pretrained(base, dtype=dtype, attn_implementation=attn_implementation,
-                                              device_map=device_map, revision=revision,
-                                              trust_remote_code=trust_remote_code)
+            with bare_model_from_causal_lm():  # a base LLM's checkpoint has an LM head, which an encoder leaves out
+                model = AutoModel.from_pretrained(base, dtype=dtype, attn_implementation=attn_implementation,
+                                                  device_map=device_map, revision=revision,
+                                                  trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(path if trained else base, revision=None if trained else revision,
                                                       trust_remote_code=trust_remote_code)
         except OSError as e:
             raise Bg2VecError(f"cannot load {base}: {e}") from None
         if config is None:
-            config = EncoderConfig(base_model=base, family=family_of(model), base_revision=revision)
+            config = EncoderConfig(base_model=name, family=family_of(model), base_revision=revision)
         else:
             model = _apply_stages(model, path, config.stages)
         if device_map is None:
@@ -194,7 +198,8 @@ def _apply_stages(model, directory: Path, stages: list[dict]):
         if not (adapter_dir / "adapter_model.safetensors").is_file():
             raise Bg2VecError(f"{directory}: stage {stage['name']!r} names adapter folder {adapter_dir}, "
                               f"which has no adapter_model.safetensors")
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        with peft_quietly():
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     return model
 
 

@@ -32,15 +32,18 @@ through one forward pass):
   attention, e*h for the MLP, e*i for down_proj, e*q for o_proj under eager attention.
   With gradient checkpointing every layer keeps only its input (e*h per token) and one layer at a
   time is recomputed with all of the above; without it every layer keeps everything;
-* head: the final norm's fp32 copy (4*h per token) and, for MNTP, 12 bytes per logit (bf16 logits
-  and their shifted copy, the fp32 copy cross_entropy reads and the log-softmax it keeps);
+* head: the final norm's fp32 copy (4*h per token) and, for MNTP, the scored rows only (mask_ratio of
+  the tokens: bg2vec.objectives.mntp.MaskedNextTokenModel): their hidden states and input gradients
+  (2*e*h each) and one chunk of at most 1,024 rows of logits at 12 bytes per logit (the matmul's
+  output, its fp32 copy and the softmax that becomes its gradient), never all B*L*V at once;
 * a fixed overhead (CUDA context, NCCL buffers, allocator fragmentation; overhead_gib).
 
 Time: FLOPs per token = forward 2*(W + H) + A, backward 2*(W + H) + 2*A (only input gradients: the
 base is frozen, so its weight-gradient matmuls are skipped; a full fine-tune would add another
 2*(W + H)), recompute 2*W + A with gradient checkpointing, and 6*P (+2*P recomputed) for LoRA itself.
-W = the layers' matmul weights, H = V*h for MNTP's LM head (0 for SimCSE), A = 4*layers*seq*q for the
-two attention matmuls over the full (bidirectional) sequence. Time = FLOPs / (GPUs x peak x MFU).
+W = the layers' matmul weights, H = mask_ratio*V*h for MNTP's LM head (the scored rows only; 0 for
+SimCSE), A = 4*layers*seq*q for the two attention matmuls over the full (bidirectional) sequence.
+Time = FLOPs / (GPUs x peak x MFU).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from bg2vec.errors import ConfigError
+from bg2vec.objectives.mntp import MNTP_CHUNK_ROWS
 from bg2vec.planning.shapes import (
     GPU,
     GPUS,
@@ -68,7 +72,7 @@ from bg2vec.planning.shapes import (
 
 GIB = 2**30
 PREFETCH_BUCKET = 50_000_000  # DeepSpeed's default stage3_prefetch_bucket_size (bg2vec keeps it)
-LOGIT_BYTES = 12  # MNTP's memory per logit at the loss (see the module doc)
+LOGIT_BYTES = 12  # MNTP's memory per logit of the chunk at the loss (see the module doc)
 REFERENCE = "the original BgGPT-7B MNTP run did about 2,700 tokens/s on one A100 at seq 512"
 # Host CPU time of one ZeRO-3 forward + backward per decoder layer, whatever the micro-batch: its
 # per-layer gathers and hooks, and the kernel launches. bench/gpu_mntp.py on an H100 (BgGPT-7B's 32
@@ -95,6 +99,8 @@ class PlanConfig:
     """Rows per GPU per forward pass; empty: global_batch_size / GPUs."""
     max_steps: int = 1000
     """Optimizer steps."""
+    mask_ratio: float = 0.2
+    """mntp only: the share of tokens masked, the rows the LM head is applied to."""
     lora_rank: int = 16
     """LoRA rank r."""
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
@@ -139,6 +145,8 @@ class PlanConfig:
         for key, value in {"lora_dropout": self.lora_dropout, "attention_dropout": self.attention_dropout}.items():
             if not 0 <= value < 1:
                 raise ConfigError(f"{key} must be in [0, 1), got {value}")
+        if not 0 < self.mask_ratio <= 1:
+            raise ConfigError(f"mask_ratio must be in (0, 1], got {self.mask_ratio}")
         if not 0 < self.mfu <= 1:
             raise ConfigError(f"mfu must be in (0, 1], got {self.mfu} (e.g. 0.35 for 35% of the peak)")
         if self.overhead_gib < 0 or (self.price_per_gpu_hour or 0) < 0:
@@ -225,7 +233,8 @@ def memory(cfg: PlanConfig, arch: Architecture) -> Memory:
         activations = arch.num_hidden_layers * layer
     head = tokens * 4 * arch.hidden_size  # the final norm's fp32 copy of its input
     if cfg.stage == "mntp":
-        head += tokens * LOGIT_BYTES * arch.vocab_size
+        scored = int(tokens * cfg.mask_ratio)
+        head += scored * 2 * e * arch.hidden_size + min(scored, MNTP_CHUNK_ROWS) * LOGIT_BYTES * arch.vocab_size
     return Memory(
         frozen_weights=shard(e * params, 3),
         gathered_weights=e * (largest_module_params(arch) + PREFETCH_BUCKET) if stage == 3 else 0,
@@ -259,7 +268,7 @@ def deepspeed_full_finetune(cfg: PlanConfig, arch: Architecture) -> tuple[str, i
 def flops_per_token(cfg: PlanConfig, arch: Architecture) -> int:
     """Training FLOPs per processed token with a frozen base and LoRA (the module doc's formula)."""
     weights = arch.num_hidden_layers * matmul_params_per_layer(arch)
-    head = arch.vocab_size * arch.hidden_size if cfg.stage == "mntp" else 0
+    head = int(cfg.mask_ratio * arch.vocab_size * arch.hidden_size) if cfg.stage == "mntp" else 0
     attention = 4 * arch.num_hidden_layers * cfg.seq_len * arch.q_dim
     lora = lora_params(arch, cfg.lora_rank, cfg.lora_target_modules)
     forward = 2 * (weights + head) + attention + 2 * lora

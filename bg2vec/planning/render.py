@@ -32,7 +32,7 @@ def render(p: Plan) -> str:
         (f"Adam: fp32 master + 2 moments{' (sharded)' if cfg.zero_stage >= 1 else ''}", mem.optimizer),
         (f"activations: {arch.num_hidden_layers} layer inputs + 1 layer recomputed" if cfg.gradient_checkpointing
          else f"activations: all {arch.num_hidden_layers} layers", mem.activations),
-        ("final norm and logits (12 B each)" if cfg.stage == "mntp" else "final norm", mem.head),
+        ("final norm, masked rows and a chunk of their logits" if cfg.stage == "mntp" else "final norm", mem.head),
         ("fixed overhead (CUDA context, NCCL, fragmentation)", mem.overhead),
         ("total", mem.total),
     ]

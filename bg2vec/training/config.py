@@ -217,7 +217,8 @@ class SimCSEConfig(TrainConfig):
     attention_dropout: float = 0.3
     """Dropout on attention probabilities: the noise that makes the two views differ."""
     hidden_dropout: float = 0.0
-    """Dropout on every decoder layer's output (extra noise; 0 as in the reference runs)."""
+    """Dropout on each attention and MLP block's output, before the residual add, as BERT's (extra noise;
+    0 as in the reference runs; bg2vec.modeling.dropout)."""
     pooling: str = "mean"
     """How token states become one vector (mean, weighted_mean, last, bos); saved with the model."""
     max_length: int = 128

@@ -11,7 +11,9 @@ import json
 import os
 from collections.abc import Sequence
 
+from bg2vec._compat import ray_train_ingest_options
 from bg2vec.config import to_dict
+from bg2vec.console import train_log_level, verbose
 from bg2vec.data.pipeline import load_manifest
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.encoder import CONFIG_NAME
@@ -56,7 +58,7 @@ def run_stage(cfg: TrainConfig, callbacks: Sequence = ()) -> dict:
     name = cfg.run.name or stage
     run_dir = child(storage, name)
     take_failure(run_dir)  # a stale one, from an earlier run of this name that hit a NaN
-    resolved |= {"run_name": name, "run_dir": run_dir,
+    resolved |= {"run_name": name, "run_dir": run_dir, "verbose": verbose(),  # the driver's --verbose, on any cluster
                  "tensorboard": child(run_dir, "tensorboard") if _tensorboard_ok(storage) else None}
 
     import ray.train
@@ -76,12 +78,14 @@ def run_stage(cfg: TrainConfig, callbacks: Sequence = ()) -> dict:
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if cfg.scaling.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=resolved, datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "validation"]),  # dev: whole, everywhere
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "validation"],  # dev: whole, everywhere
+                                            execution_options=ray_train_ingest_options()),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources,
                                                accelerator_type=cfg.scaling.accelerator_type),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage, callbacks=list(callbacks),
+            logging_config=ray.train.LoggingConfig(log_level=train_log_level()),  # its files keep everything
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)))
     with reraise_user_error():

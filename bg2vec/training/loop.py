@@ -20,14 +20,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bg2vec._compat import deepspeed_cpu_local_size, worker_print
+from bg2vec._compat import (
+    deepspeed_cpu_accelerator,
+    deepspeed_cpu_local_size,
+    ignore_deepspeed_collective_deprecations,
+    library_prints_to_log,
+    worker_print,
+)
 from bg2vec.config import from_dict
+from bg2vec.console import quiet_worker
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.bidirectional import family_of
 from bg2vec.modeling.dropout import set_dropout
 from bg2vec.modeling.encoder import EncoderConfig, write_encoder_files
 from bg2vec.modeling.pooling import pool
-from bg2vec.objectives.mntp import MNTPMasker, add_mask_token, mask_token_id, mntp_loss_and_accuracy
+from bg2vec.objectives.mntp import MaskedNextTokenModel, MNTPMasker, add_mask_token, mask_token_id
 from bg2vec.objectives.simcse import distributed_simcse_loss
 from bg2vec.storage import localize
 from bg2vec.training.adapters import gathered_lora_state, save_adapter
@@ -81,23 +88,29 @@ class StageRecipe:
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
-        import deepspeed
         import ray.train
         import ray.train.torch
-        from transformers import AutoTokenizer, get_scheduler
 
         cfg = self.cfg
+        if not self.resolved.get("verbose"):
+            quiet_worker(train_worker=True)
+        ignore_deepspeed_collective_deprecations()
         self.device = ray.train.torch.get_device()
         if cfg.scaling.use_gpu:
             torch.cuda.set_device(self.device)
         else:
             flush_denormals()
+            deepspeed_cpu_accelerator()  # before DeepSpeed is imported
             deepspeed_cpu_local_size(ray.train.get_context().get_local_world_size())
+        import deepspeed
+        from transformers import AutoTokenizer, get_scheduler
+
         self.tokenizer = AutoTokenizer.from_pretrained(localize(self.resolved["tokenizer"]),
                                                        trust_remote_code=cfg.model.trust_remote_code)
         dtype = torch_dtype(cfg.model, cfg.scaling.use_gpu)
         ds_config = deepspeed_config(cfg, bf16=dtype == torch.bfloat16)
-        deepspeed.init_distributed(dist_init_required=False)  # over Ray Train's process group: world size
+        with library_prints_to_log("deepspeed"):  # every rank's "... shm_comm_op built successfully"
+            deepspeed.init_distributed(dist_init_required=False)  # over Ray Train's process group: world size
         base = self.resolved["base"]
         self._hf_ds = None
         if cfg.zero_stage == 3 and not base.startswith(TINY_PREFIX):
@@ -125,6 +138,11 @@ class StageRecipe:
         model = add_lora(prepare_for_training(model, cfg.model), cfg.lora)
         if cfg.zero_stage == 3:
             zero3_fetch_whole_layers(model)
+        self.peft_model = model
+        if self.stage == "mntp":  # the LM head only where a masked token is predicted
+            model = MaskedNextTokenModel(model)
+            if cfg.zero_stage == 3:
+                deepspeed.zero.register_external_parameter(model, model.head_weight)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = None
         if not cfg.offload_optimizer:
@@ -157,11 +175,14 @@ class StageRecipe:
         return torch.from_numpy(blocks[self.rank::self.world].astype(np.int64))
 
     def _save_tiny_base(self, model) -> None:
-        """tiny:<family> bases exist nowhere else: rank 0 keeps the initial weights for the output."""
+        """tiny:<family> bases exist nowhere else: rank 0 keeps the initial weights for the output.
+
+        Saved as the bare decoder, without MNTP's LM head: what SimCSE and the encoder load
+        (``AutoModel``), which would otherwise report the head's weights as unexpected at every load."""
         self.tiny_base = None
         if self.resolved["base"].startswith(TINY_PREFIX) and self.rank == 0:
             self.tiny_base = Path(tempfile.mkdtemp(prefix="bg2vec-tiny-base-"))
-            model.save_pretrained(self.tiny_base)
+            model.base_model.save_pretrained(self.tiny_base)
             self.tokenizer.save_pretrained(self.tiny_base)  # a complete model folder of its own
 
     def _restore(self) -> None:
@@ -235,8 +256,7 @@ class StageRecipe:
         if self.stage == "mntp":
             generator = torch.Generator(device=self.device).manual_seed(seed)
             inputs, labels = self.masker(batch["input_ids"], generator)
-            logits = self.engine(input_ids=inputs).logits  # full blocks: no padding, no mask needed
-            loss, accuracy = mntp_loss_and_accuracy(logits, labels)
+            loss, accuracy = self.engine(input_ids=inputs, labels=labels)  # full blocks: no padding, no mask
             return loss, accuracy, batch["input_ids"].numel()
         # SimCSE: both views in one forward pass (dropout differs per row), then split
         doubled = {k: torch.cat([v, v]) for k, v in batch.items()}
@@ -322,8 +342,8 @@ class StageRecipe:
         embedded = []
         for blocks in self.dev_blocks.split(self.cfg.micro_batch):
             parts = halves(blocks).to(self.device)  # first halves, then second halves: one forward pass
-            if self.stage == "mntp":  # a causal LM: its final (normed) hidden states; one position of logits
-                hidden = self.engine(input_ids=parts, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+            if self.stage == "mntp":  # MaskedNextTokenModel without labels: the final (normed) hidden states
+                hidden = self.engine(input_ids=parts)
             else:
                 hidden = self.engine(input_ids=parts).last_hidden_state
             ones = torch.ones_like(parts)
@@ -353,7 +373,7 @@ class StageRecipe:
     def save(self) -> None:
         """The contract's model directory: adapter (gathered from all shards), tokenizer, config."""
         cfg = self.cfg
-        state = gathered_lora_state(self.engine.module)  # collective: every rank
+        state = gathered_lora_state(self.peft_model)  # collective: every rank
         if self.rank == 0:
             staging = Path(tempfile.mkdtemp(prefix="bg2vec-output-"))
             try:

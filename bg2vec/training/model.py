@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bg2vec._compat import enable_activation_checkpointing
+from bg2vec._compat import bare_model_from_causal_lm, enable_activation_checkpointing, peft_quietly
 from bg2vec.errors import Bg2VecError
-from bg2vec.modeling import make_bidirectional
+from bg2vec.modeling import make_bidirectional, packaged
 from bg2vec.modeling.tiny import tiny_config
 from bg2vec.training.config import TINY_PREFIX, LoraSettings, ModelSettings
 
@@ -54,7 +54,7 @@ def load_base(settings: ModelSettings, *, causal_lm: bool, tokenizer, dtype: tor
     from transformers import AutoModel, AutoModelForCausalLM
 
     cls = AutoModelForCausalLM if causal_lm else AutoModel
-    name = base_path or settings.name_or_path
+    name = base_path or packaged.resolve(settings.name_or_path)
     if name.startswith(TINY_PREFIX):
         family = name[len(TINY_PREFIX):]
         h = settings.tiny_hidden_size
@@ -64,9 +64,10 @@ def load_base(settings: ModelSettings, *, causal_lm: bool, tokenizer, dtype: tor
         torch.manual_seed(seed)
         return cls.from_config(config, dtype=dtype, attn_implementation=settings.attn_implementation)
     try:
-        return cls.from_pretrained(name, revision=None if base_path else settings.revision, dtype=dtype,
-                                   attn_implementation=settings.attn_implementation,
-                                   trust_remote_code=settings.trust_remote_code)
+        with contextlib.nullcontext() if causal_lm else bare_model_from_causal_lm():
+            return cls.from_pretrained(name, revision=None if base_path else settings.revision, dtype=dtype,
+                                       attn_implementation=settings.attn_implementation,
+                                       trust_remote_code=settings.trust_remote_code)
     except OSError as e:
         raise Bg2VecError(f"cannot load the base model {name}: {e} (gated models need HF_TOKEN)") from None
 
@@ -103,7 +104,8 @@ def merge_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
-    peft_model = PeftModel.from_pretrained(model, adapter_dir)
+    with peft_quietly():
+        peft_model = PeftModel.from_pretrained(model, adapter_dir)
     for module in peft_model.modules():
         if isinstance(module, LoraLayer):
             with gather_for_write(module.get_base_layer().weight):
@@ -117,6 +119,7 @@ def add_lora(model: nn.Module, lora: LoraSettings) -> nn.Module:
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), bias="none")
     try:
-        return get_peft_model(model, config)
+        with peft_quietly():
+            return get_peft_model(model, config)
     except ValueError as e:  # peft: "Target modules {...} not found in the base model"
         raise Bg2VecError(f"lora.target_modules: {e}") from None
