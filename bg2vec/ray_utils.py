@@ -13,7 +13,7 @@ import ray
 from ray.exceptions import RayTaskError
 
 from bg2vec import console
-from bg2vec._compat import LOCAL_ACTOR_POOL_ARGS
+from bg2vec._compat import LOCAL_ACTOR_POOL_ARGS, actor_restarts_setting
 from bg2vec.errors import Bg2VecError
 
 
@@ -21,13 +21,13 @@ def init_ray(address: str | None = None) -> None:
     """Join ``address`` (or RAY_ADDRESS, as set by ``ray job submit``), else start a local Ray."""
     if ray.is_initialized():
         return
-    console.quiet_driver()
     if address is None and "RAY_ADDRESS" not in os.environ:
         local = start_local_ray()
         shown = "" if console.verbose() else f" (--verbose or {console.VERBOSE_ENV}=1 prints them here too)"
         print(f"started a local Ray (dashboard: {local.dashboard}); Ray's, DeepSpeed's and transformers' logs: "
               f"{local.logs}{shown}", flush=True)
     else:
+        console.quiet_driver()
         ray.init(address=address, logging_level=logging.WARNING)
 
 
@@ -65,11 +65,14 @@ def start_local_ray(**options) -> LocalRay:
     return LocalRay(url, os.path.join(context.address_info["session_dir"], "logs"))
 
 
-def actor_pool_args() -> dict:
-    """Extra Ray remote args for a Ray Data actor pool (``map_batches(..., **actor_pool_args())``):
-    no actor restarts on a local Ray (bg2vec._compat.LOCAL_ACTOR_POOL_ARGS), Ray's default elsewhere."""
+def map_with_actor_pool(ds, fn, **options):
+    """``ds.map_batches(fn, **options)`` for an actor pool: no actor restarts on a local Ray
+    (bg2vec._compat.LOCAL_ACTOR_POOL_ARGS), Ray's default elsewhere."""
     local = ray.is_initialized() and ray.get_runtime_context().gcs_address == _local_gcs
-    return dict(LOCAL_ACTOR_POOL_ARGS) if local else {}
+    if not local:
+        return ds.map_batches(fn, **options)
+    with actor_restarts_setting():
+        return ds.map_batches(fn, **options, **LOCAL_ACTOR_POOL_ARGS)
 
 
 def free_port() -> int:

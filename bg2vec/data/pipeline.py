@@ -32,7 +32,6 @@ from ray.data.expressions import col
 
 import bg2vec
 from bg2vec import storage
-from bg2vec._compat import actor_restarts_setting
 from bg2vec.config import to_dict
 from bg2vec.data.config import PrepareConfig
 from bg2vec.data.dump_datasource import WikipediaDumpDatasource
@@ -45,7 +44,7 @@ from bg2vec.data.sources import resolve_dump
 from bg2vec.data.stages import TokenizeDocs, clean_pages
 from bg2vec.data.tokenization import load_tokenizer, train_bpe_tokenizer
 from bg2vec.errors import Bg2VecError, DumpError
-from bg2vec.ray_utils import actor_pool_args, init_ray, reraise_user_error
+from bg2vec.ray_utils import init_ray, map_with_actor_pool, reraise_user_error
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +167,9 @@ def _write_blocks(cfg: PrepareConfig, tokenizer, out: PreparedDir, page_files: l
     ds = ray.data.read_datasource(ParquetFilesDatasource(page_files, ["title", "text", "split"]),
                                   num_cpus=0,  # I/O only; the tokenizer actors hold the CPUs
                                   override_num_blocks=len(page_files))
-    with actor_restarts_setting():
-        ds = ds.map_batches(TokenizeDocs, batch_size=TOKENIZE_BATCH_DOCS, batch_format="pyarrow",
-                            compute=ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
-                            fn_constructor_args=(tokenizer.backend_tokenizer.to_str(), bos, eos, tc.include_title),
-                            **actor_pool_args())
+    ds = map_with_actor_pool(ds, TokenizeDocs, batch_size=TOKENIZE_BATCH_DOCS, batch_format="pyarrow",
+                             compute=ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
+                             fn_constructor_args=(tokenizer.backend_tokenizer.to_str(), bos, eos, tc.include_title))
     sink = BlocksDatasink(out.blocks_uri, run_id, cfg.seq_len)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
     totals = {split: {"docs": 0, "tokens": 0, "blocks": 0, "dropped_tokens": 0, "files": []}

@@ -199,10 +199,9 @@ def _run(cfg: EmbedConfig, model: str, input_fs: pafs.FileSystem, todo: list[Sha
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from bg2vec._compat import actor_restarts_setting
     from bg2vec.embedding.encoder_actor import PassageEncoder
     from bg2vec.embedding.passages import split_passages
-    from bg2vec.ray_utils import actor_pool_args, init_ray, reraise_user_error
+    from bg2vec.ray_utils import init_ray, map_with_actor_pool, reraise_user_error
 
     init_ray(cfg.ray_address)
     context = DataContext.get_current()
@@ -220,13 +219,12 @@ def _run(cfg: EmbedConfig, model: str, input_fs: pafs.FileSystem, todo: list[Sha
     ds = ds.map_batches(split_passages, batch_format="numpy", fn_kwargs=dict(
         model=model, text_column=cfg.text_column, id_column=id_column,
         passage_tokens=cfg.passage_tokens, overlap_tokens=cfg.overlap_tokens))
-    with actor_restarts_setting():
-        ds = ds.map_batches(PassageEncoder, batch_format="pyarrow", batch_size=cfg.batch_size * 4,
-                            fn_constructor_kwargs=dict(model=model, batch_size=cfg.batch_size,
-                                                       instruction=cfg.instruction, normalize=cfg.normalize,
-                                                       dtype=cfg.dtype),
-                            compute=ActorPoolStrategy(min_size=1, max_size=actors), num_gpus=gpus_per_actor,
-                            num_cpus=cfg.cpus_per_actor, **actor_pool_args())
+    ds = map_with_actor_pool(ds, PassageEncoder, batch_format="pyarrow", batch_size=cfg.batch_size * 4,
+                             fn_constructor_kwargs=dict(model=model, batch_size=cfg.batch_size,
+                                                        instruction=cfg.instruction, normalize=cfg.normalize,
+                                                        dtype=cfg.dtype),
+                             compute=ActorPoolStrategy(min_size=1, max_size=actors), num_gpus=gpus_per_actor,
+                             num_cpus=cfg.cpus_per_actor)
     position = {s.path: i for i, s in enumerate(todo)}
     current, pieces, empty, counts = 0, [], [], {"passages": 0, "tokens": 0}
     started = time.perf_counter()

@@ -140,16 +140,19 @@ class MaskedNextTokenModel(nn.Module):
     def __init__(self, lm: nn.Module, chunk_rows: int = MNTP_CHUNK_ROWS):
         super().__init__()
         self.lm, self.chunk_rows = lm, chunk_rows
-        inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # through peft's wrapper
-        self.softcap = getattr(inner.config.get_text_config(), "final_logit_softcapping", None)
-        self._inner = [inner]  # not a submodule: it is one already, under self.lm
+        self.softcap = getattr(lm.config.get_text_config(), "final_logit_softcapping", None)
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The ``*ForCausalLM`` itself, through peft's wrapper."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
     @property
     def head_weight(self) -> nn.Parameter:
-        return self._inner[0].get_output_embeddings().weight
+        return self.causal_lm.get_output_embeddings().weight
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None):
-        inner = self._inner[0]
+        inner = self.causal_lm
         hidden = inner.get_decoder()(input_ids=input_ids).last_hidden_state
         if labels is None:
             return hidden
