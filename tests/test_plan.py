@@ -5,6 +5,7 @@ DeepSpeed's own estimator."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ from bg2vec.planning import (
     PlanConfig,
     architecture_of,
     base_params,
+    choose_zero_stage,
     flops_per_token,
     layer_activation_bytes_per_token,
     load_architecture,
@@ -294,7 +296,7 @@ def test_seven_b_zero3_on_8_a100_80gb_fits_without_warnings():
 
 def test_small_micro_batches_under_zero3_are_host_bound():
     # 8 H100s at the preset's batch of 32: 4 blocks each, 0.26 s of GPU work against 32 x 28 ms of host time
-    eight = plan(PlanConfig(model="bggpt-7b", gpu="H100-80GB", gpus_per_node=8))
+    eight = plan(PlanConfig(model="bggpt-7b", gpu="H100-80GB", gpus_per_node=8, zero_stage=3))
     gpu_seconds = 4 * 512 * eight.flops_per_token / (989e12 * 0.35)
     assert gpu_seconds == pytest.approx(0.26, abs=0.005)
     [warning] = eight.warnings
@@ -302,9 +304,32 @@ def test_small_micro_batches_under_zero3_are_host_bound():
     assert f"expect about {gpu_seconds / (32 * 0.028):.0%} of the tokens/s" in warning
     assert "WARNING: host-bound" in render(eight)
     # 2 H100s (16 blocks each), ZeRO-2 and the slower A100 give the GPU enough work, or gather nothing
-    for cfg in (PlanConfig(gpu="H100-80GB", gpus_per_node=2), PlanConfig(gpu="H100-80GB", zero_stage=2),
-                PlanConfig(gpu="A100-80GB", gpus_per_node=8)):
+    for cfg in (PlanConfig(gpu="H100-80GB", gpus_per_node=2, zero_stage=3), PlanConfig(gpu="H100-80GB", zero_stage=2),
+                PlanConfig(gpu="A100-80GB", gpus_per_node=8, zero_stage=3)):
         assert plan(cfg).warnings == [], cfg
+
+
+def test_auto_zero_stage_replicates_the_base_only_where_it_fits():
+    # the 7B preset on 8 H100s: 13.6 GiB of bf16 weights per GPU fit easily, so ZeRO-2 and no host-bound warning
+    auto = plan(PlanConfig(model="bggpt-7b", gpu="H100-80GB", gpus_per_node=8))
+    assert auto.config.zero_stage == 2 and auto.warnings == []
+    assert auto.zero_choice == (f"the replicated weights fit ({auto.memory.total / GIB:.1f} of "
+                                f"{auto.gpu.memory_gib:.1f} GiB), so no per-layer gathers")
+    assert auto.memory == memory(PlanConfig(model="bggpt-7b", gpu="H100-80GB", gpus_per_node=8, zero_stage=2),
+                                 PRESETS["bggpt-7b"])
+    assert "ZeRO-2 (auto: the replicated weights fit" in render(auto)
+    # Gemma-2-9B on 24 GB GPUs: 17.2 GiB of weights + 2 GiB overhead + activations exceed 85% of 24 GiB
+    gemma = plan(PlanConfig(model="bggpt-gemma2-9b", gpu="A10G-24GB", gpus_per_node=8, attn_implementation="eager",
+                            micro_batch_size=1))
+    assert gemma.config.zero_stage == 3 and gemma.zero_choice.startswith("replicated, the weights would not fit")
+    assert gemma.fits
+    # the threshold: ZeRO-2 up to 85% of the memory, ZeRO-3 one byte beyond
+    cfg = PlanConfig(model="bggpt-7b", gpus_per_node=8)
+    need = memory(PlanConfig(model="bggpt-7b", gpus_per_node=8, zero_stage=2), PRESETS["bggpt-7b"]).total
+    assert choose_zero_stage(cfg, PRESETS["bggpt-7b"], math.ceil(need / 0.85))[0] == 2
+    assert choose_zero_stage(cfg, PRESETS["bggpt-7b"], math.floor(need / 0.85) - 1)[0] == 3
+    # a stage given is kept
+    assert plan(PlanConfig(model="bggpt-7b", gpu="H100-80GB", zero_stage=3)).zero_choice is None
 
 
 def test_other_warnings():
@@ -318,7 +343,7 @@ def test_other_warnings():
     (["gpu=B300"], "gpu='B300' is not a known GPU type"),
     (["model=/nonexistent/config.json"], "model='/nonexistent/config.json' is neither a built-in shape"),
     (["model=some-org/unknown-model"], "give the path of the model's config.json"),
-    (["zero_stage=5"], "zero_stage must be one of 0, 1, 2, 3"),
+    (["zero_stage=5"], "zero_stage must be one of 'auto', 0, 1, 2, 3"),
     (["mfu=0"], "mfu must be in (0, 1]"),
     (["seq_len=0"], "seq_len must be >= 1"),
     (["lora_target_modules=[q_proj, lm_head]"], "lora_target_modules="),
@@ -352,8 +377,10 @@ def test_plan_job_end_to_end():
     done = _job("--config", "configs/bggpt-7b/plan.yaml")
     assert done.returncode == 0, done.stderr
     for expected in ("memory per GPU", "frozen base weights", "activations", "A100-80GB memory: fits",
-                     "estimate_zero3_model_states_mem_needs", "tokens/s per GPU", "wall time"):
+                     "ZeRO-2 (auto: the replicated weights fit", "estimate_zero2_model_states_mem_needs",
+                     "tokens/s per GPU", "wall time"):
         assert expected in done.stdout
+    assert "real_accelerator" not in done.stdout + done.stderr  # DeepSpeed's accelerator probe is named, not warned
     bad = _job("--config", "configs/bggpt-7b/plan.yaml", "gpuu=H100-80GB")
     assert bad.returncode == 2
     assert "unknown key 'gpuu' (did you mean 'gpu'?)" in bad.stderr and "Traceback" not in bad.stderr

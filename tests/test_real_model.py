@@ -143,7 +143,9 @@ def test_gemma3_preset_pipeline_end_to_end(gemma_dir, tmp_path):
     weights, SimCSE learns to pair dropout views, and the report compares every encoder with e5."""
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BG2VEC_VERBOSE")}
-    overrides = ["mntp.max_steps=6", "mntp.run.eval_every=6", "mntp.run.checkpoint_every=6", "mntp.run.log_every=3",
+    # MNTP under ZeRO-3: real weights sharded while loading (HfDeepSpeedConfig); SimCSE on auto (ZeRO-2)
+    overrides = ["mntp.zero_stage=3",
+                 "mntp.max_steps=6", "mntp.run.eval_every=6", "mntp.run.checkpoint_every=6", "mntp.run.log_every=3",
                  "mntp.optim.warmup_steps=1", "mntp.optim.lr=3e-4",
                  "simcse.max_steps=4", "simcse.run.eval_every=4", "simcse.run.checkpoint_every=4",
                  "simcse.run.log_every=2", "simcse.optim.warmup_steps=1"]
@@ -158,6 +160,7 @@ def test_gemma3_preset_pipeline_end_to_end(gemma_dir, tmp_path):
         return float(parts[parts.index(key) + 1])
 
     assert "step 0/6" in start and "step 6/6" in end
+    assert "[simcse] zero_stage auto -> ZeRO-2" in done.stdout and "[mntp] zero_stage" not in done.stdout
     assert value(end, "val_loss") < value(start, "val_loss") - 0.05, (start, end)
     simcse = [ln for ln in done.stdout.splitlines() if "[simcse] step " in ln and " accuracy " in ln]
     assert value(simcse[-1], "accuracy") > 2 / 16, simcse  # above chance at 8 texts x 2 views per worker

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import tempfile
 import threading
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -24,7 +27,7 @@ from bg2vec.training.deepspeed_config import deepspeed_config
 @pytest.mark.parametrize("workers, micro, expected", [(1, None, (32, 1)), (8, None, (4, 1)), (8, 2, (2, 2)),
                                                       (4, 1, (1, 8))])
 def test_global_batch_is_fixed_and_the_rest_derived(workers, micro, expected):
-    cfg = MNTPConfig(data="d", output="o", global_batch_size=32, micro_batch_size=micro)
+    cfg = MNTPConfig(data="d", output="o", global_batch_size=32, micro_batch_size=micro, zero_stage=3)
     cfg.scaling.num_workers = workers
     assert (cfg.micro_batch, cfg.gradient_accumulation) == expected
     ds = deepspeed_config(cfg, bf16=False)
@@ -42,10 +45,12 @@ def test_batch_sizes_that_do_not_divide_are_refused():
 
 
 def test_offload_uses_deepspeeds_optimizer():
-    cfg = MNTPConfig(data="d", output="o", offload_optimizer=True)
+    cfg = MNTPConfig(data="d", output="o", offload_optimizer=True, zero_stage=3)
     ds = deepspeed_config(cfg, bf16=True)
     assert ds["optimizer"]["type"] == "AdamW" and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    assert "optimizer" not in deepspeed_config(MNTPConfig(data="d", output="o"), bf16=True)
+    assert "optimizer" not in deepspeed_config(MNTPConfig(data="d", output="o", zero_stage=2), bf16=True)
+    with pytest.raises(ValueError, match="decided on the workers"):
+        deepspeed_config(MNTPConfig(data="d", output="o"), bf16=True)  # auto is resolved before this
 
 
 def test_mntp_adapter_is_saved_for_the_bare_model_and_peft_loads_it(tmp_path):
@@ -160,3 +165,31 @@ def test_deepspeed_counts_cpu_devices_without_a_subprocess_once_told(monkeypatch
         assert CPU_Accelerator().device_count() == 2 and len(spawned) == 1
         deepspeed_cpu_local_size(4)  # a LOCAL_SIZE already there (DeepSpeed's own launcher) is kept
         assert os.environ["LOCAL_SIZE"] == "2"
+
+
+def test_auto_zero_stage_on_the_workers_uses_the_planner_and_the_device_memory(monkeypatch):
+    from bg2vec.planning import architecture_of, memory
+    from bg2vec.training import zero_stage
+    from bg2vec.training.zero_stage import plan_config, resolve_zero_stage
+
+    config = tiny_config("mistral", 97, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+    cfg = MNTPConfig(data="d", output="o", global_batch_size=8, mask_ratio=0.3)
+    cfg.scaling.num_workers = 2
+    kwargs = {"seq_len": 128, "bf16": False, "world": 2, "local_world": 2, "device": torch.device("cpu")}
+    # the planner's view of the run: the stage's shapes, the worker layout, no CUDA overhead on CPU
+    planned = plan_config(cfg, config, seq_len=128, bf16=False, world=2, local_world=2, use_gpu=False,
+                          config_dir=Path(tempfile.mkdtemp()))
+    assert (planned.stage, planned.seq_len, planned.micro_batch, planned.mask_ratio, planned.gpus) == \
+        ("mntp", 128, 4, 0.3, 2)
+    assert (planned.dtype, planned.lora_rank, planned.overhead_gib) == ("fp32", cfg.lora.r, 0.0)
+    need = memory(dataclasses.replace(planned, zero_stage=2), architecture_of(config)).total
+    monkeypatch.setattr(zero_stage, "device_capacity", lambda *a: int(need / 0.85) + 1)
+    stage, why = resolve_zero_stage(cfg, config, **kwargs)
+    assert stage == 2 and why.startswith("zero_stage auto -> ZeRO-2: the replicated weights fit")
+    monkeypatch.setattr(zero_stage, "device_capacity", lambda *a: int(need / 0.85) - 1)
+    assert resolve_zero_stage(cfg, config, **kwargs)[0] == 3
+    # the host's memory shared by the node's ranks on CPU; a given stage is kept
+    monkeypatch.undo()
+    assert zero_stage.device_capacity(False, torch.device("cpu"), 2) == \
+        os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    assert resolve_zero_stage(dataclasses.replace(cfg, zero_stage=3), config, **kwargs) == (3, "ZeRO-3 as configured")

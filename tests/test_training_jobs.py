@@ -105,6 +105,8 @@ def test_mntp_trains_the_adapter_and_the_output_is_an_encoder(mntp_run, tiny_dat
     start, *rows = logged(stdout, "mntp")
     assert start["step"] == 0 and {"val_loss", "dev_score"} <= start.keys()  # the untrained model, validated
     assert [r["step"] for r in rows][-1] == 40 and "mntp finished: step 40, 320 samples" in stdout
+    # zero_stage auto: the tiny model fits every rank whole, so ZeRO-2, said once by rank 0
+    assert stdout.count("[mntp] zero_stage auto -> ZeRO-2: the replicated weights fit") == 1
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.1, rows  # it learns
     assert rows[-1]["val_loss"] < start["val_loss"] - 0.1  # on the same validation batches
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]
@@ -112,7 +114,7 @@ def test_mntp_trains_the_adapter_and_the_output_is_an_encoder(mntp_run, tiny_dat
 
     adapter = load_file(out / "adapter_model.safetensors")
     assert adapter and all(".lora_A." in k or ".lora_B." in k for k in adapter)  # only LoRA was trained
-    assert all(v.numel() > 0 for v in adapter.values())  # gathered from the ZeRO-3 shards
+    assert all(v.numel() > 0 for v in adapter.values())  # whole, as DeepSpeed held it
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero: it moved
     config = json.loads((out / "bg2vec_config.json").read_text())
     assert config["stages"][0]["name"] == "mntp" and config["base_model"] == "base_model"
@@ -185,8 +187,10 @@ def _popen_job(args: list[str], ray_head) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-# 60 steps, checkpoints every 10: the tests interrupt a run at its first checkpoint, with 50 steps still to go
-SHORT = ["--config", "configs/tiny/mntp.yaml", "max_steps=60", "run.checkpoint_every=10", "run.eval_every=0"]
+# 60 steps, checkpoints every 10: the tests interrupt a run at its first checkpoint, with 50 steps still to go.
+# ZeRO-3 (auto would choose ZeRO-2 here): its sharded checkpoints and adapters gathered from the shards
+SHORT = ["--config", "configs/tiny/mntp.yaml", "max_steps=60", "run.checkpoint_every=10", "run.eval_every=0",
+         "zero_stage=3"]
 
 
 def test_a_killed_run_started_again_resumes_from_its_last_checkpoint(ray_head, tiny_data, tmp_path):
@@ -206,6 +210,8 @@ def test_a_killed_run_started_again_resumes_from_its_last_checkpoint(ray_head, t
     assert first_step > int(resumed.group(1))  # no step was repeated
     assert "mntp finished: step 60, 480 samples" in again.stdout  # as an uninterrupted run
     assert (tmp_path / "model" / "bg2vec_config.json").is_file()
+    adapter = load_file(tmp_path / "model" / "adapter_model.safetensors")
+    assert adapter and all(v.numel() > 0 for v in adapter.values())  # gathered whole from the ZeRO-3 shards
 
 
 def test_a_dead_worker_makes_ray_train_restart_from_the_checkpoint(ray_head, tiny_data, tmp_path):

@@ -10,6 +10,7 @@ from bg2vec.planning.estimate import (
     Memory,
     Plan,
     PlanConfig,
+    choose_zero_stage,
     flops_per_token,
     layer_activation_bytes_per_token,
     memory,
@@ -30,6 +31,6 @@ from bg2vec.planning.shapes import (
 )
 
 __all__ = ["GIB", "GPU", "GPUS", "LORA_TARGETS", "PRESETS", "REFERENCE", "ZERO3_HOST_SECONDS_PER_LAYER", "Architecture",
-           "Memory", "Plan", "PlanConfig", "architecture_of", "base_params", "flops_per_token",
+           "Memory", "Plan", "PlanConfig", "architecture_of", "base_params", "choose_zero_stage", "flops_per_token",
            "layer_activation_bytes_per_token", "layer_params", "load_architecture", "lora_params", "memory", "plan",
            "render"]

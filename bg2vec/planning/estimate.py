@@ -52,6 +52,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bg2vec._compat import deepspeed_cpu_accelerator
 from bg2vec.errors import ConfigError
 from bg2vec.objectives.mntp import MNTP_CHUNK_ROWS
 from bg2vec.planning.shapes import (
@@ -79,6 +80,7 @@ REFERENCE = "the original BgGPT-7B MNTP run did about 2,700 tokens/s on one A100
 # layers, DeepSpeed 0.19.8): 835 and 972 ms per micro-batch of 4 and 8 blocks, where the GPU work
 # alone took 405 and 526 ms. Below it the GPU waits for the host.
 ZERO3_HOST_SECONDS_PER_LAYER = 0.028
+AUTO_ZERO_HEADROOM = 0.85  # zero_stage auto keeps ZeRO-2 only below this share of the memory (allocator spikes)
 
 
 @dataclass
@@ -107,8 +109,9 @@ class PlanConfig:
     """Projections with adapters (of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)."""
     lora_dropout: float = 0.05
     """LoRA's input dropout: above 0 every adapted projection keeps its dropped-out input and mask."""
-    zero_stage: Literal[0, 1, 2, 3] = 3
-    """DeepSpeed ZeRO stage: 1 shards Adam states, 2 also gradients, 3 also the (frozen) weights."""
+    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
+    """DeepSpeed ZeRO stage: 1 shards Adam states, 2 also gradients, 3 also the (frozen) weights; auto:
+    ZeRO-2 where the replicated weights fit the GPU, else ZeRO-3 (:func:`choose_zero_stage`)."""
     gradient_checkpointing: bool = True
     """Keep only each layer's input and recompute the layer in the backward pass."""
     dtype: Literal["bf16", "fp32"] = "bf16"
@@ -216,6 +219,8 @@ class Memory:
 
 
 def memory(cfg: PlanConfig, arch: Architecture) -> Memory:
+    if cfg.zero_stage == "auto":
+        cfg = dataclasses.replace(cfg, zero_stage=choose_zero_stage(cfg, arch, _capacity(cfg))[0])
     e, n, stage = cfg.bytes_per_value, cfg.gpus, cfg.zero_stage
     params = base_params(arch, lm_head=cfg.stage == "mntp")
     trained = lora_params(arch, cfg.lora_rank, cfg.lora_target_modules)
@@ -247,6 +252,10 @@ def deepspeed_full_finetune(cfg: PlanConfig, arch: Architecture) -> tuple[str, i
     """(function, bytes per GPU) of DeepSpeed's own model-states estimate for training every parameter
     with Adam, no offload; None for ZeRO-0, which it has no estimator for."""
     params = base_params(arch, lm_head=cfg.stage == "mntp")
+    import torch
+
+    if not torch.cuda.is_available():
+        deepspeed_cpu_accelerator()  # the estimators need no accelerator; DeepSpeed would warn it found none
     if cfg.zero_stage == 3:
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
@@ -261,6 +270,22 @@ def deepspeed_full_finetune(cfg: PlanConfig, arch: Architecture) -> tuple[str, i
                                                              cpu_offload=False)
         return "estimate_zero2_model_states_mem_needs", gpu_bytes
     return None
+
+
+def _capacity(cfg: PlanConfig) -> int:
+    return int(gpu_spec(cfg.gpu).memory_gib * GIB)
+
+
+def choose_zero_stage(cfg: PlanConfig, arch: Architecture, capacity_bytes: int) -> tuple[int, str]:
+    """``zero_stage: auto``: (stage, why). ZeRO-2 when every rank can hold the whole frozen base: under
+    LoRA what ZeRO-2 shards (the adapters' gradients and Adam states) is small anyway, and no layer is
+    gathered before it runs (bench/gpu_mntp.py on an H100, BgGPT-7B at micro-batch 4: 0.76x a plain
+    loop, against ZeRO-3's 0.49x). ZeRO-3 when the replicated weights would not fit: then the only way."""
+    replicated = memory(dataclasses.replace(cfg, zero_stage=2), arch).total
+    share = f"{replicated / GIB:.1f} of {capacity_bytes / GIB:.1f} GiB"
+    if replicated <= AUTO_ZERO_HEADROOM * capacity_bytes:
+        return 2, f"the replicated weights fit ({share}), so no per-layer gathers"
+    return 3, f"replicated, the weights would not fit ({share}), so they are sharded"
 
 
 # ---- time ------------------------------------------------------------------------------------------
@@ -297,6 +322,8 @@ class Plan:
     tokens_per_second_per_gpu: float
     cost: float | None
     warnings: list[str]
+    zero_choice: str | None = None
+    """Why ``zero_stage: auto`` chose the stage in ``config`` (None when it was given)."""
 
     @property
     def fits(self) -> bool:
@@ -307,6 +334,10 @@ def plan(cfg: PlanConfig) -> Plan:
     """Memory per GPU, FLOPs, time, cost and warnings of the run ``cfg`` describes."""
     arch = load_architecture(cfg.model)
     gpu = gpu_spec(cfg.gpu)
+    zero_choice = None
+    if cfg.zero_stage == "auto":
+        stage, zero_choice = choose_zero_stage(cfg, arch, _capacity(cfg))
+        cfg = dataclasses.replace(cfg, zero_stage=stage)
     mem = memory(cfg, arch)
     rows_per_step = cfg.global_batch_size * cfg.views
     tokens = rows_per_step * cfg.seq_len * cfg.max_steps
@@ -319,7 +350,7 @@ def plan(cfg: PlanConfig) -> Plan:
                 lora_params=lora_params(arch, cfg.lora_rank, cfg.lora_target_modules), memory=mem,
                 deepspeed=deepspeed_full_finetune(cfg, arch), tokens=tokens, flops_per_token=per_token,
                 flops=flops, seconds=seconds, tokens_per_second_per_gpu=achieved / per_token, cost=cost,
-                warnings=_warnings(cfg, arch, gpu, mem, per_token))
+                warnings=_warnings(cfg, arch, gpu, mem, per_token), zero_choice=zero_choice)
 
 
 def _warnings(cfg: PlanConfig, arch: Architecture, gpu: GPU, mem: Memory, per_token: int) -> list[str]:
@@ -356,7 +387,8 @@ def _zero3_host_bound(cfg: PlanConfig, arch: Architecture, gpu: GPU, per_token: 
             f"{gpu.name} work, less than the ~{host_seconds:.1f} s of host CPU that ZeRO-3's per-layer gathers take "
             f"for {arch.num_hidden_layers} layers, so the GPUs wait: expect about {gpu_seconds / host_seconds:.0%} "
             f"of the tokens/s above (bench/gpu_mntp.py on an H100: 0.49x a plain loop at micro-batch 4, 0.90x at "
-            f"16). Use fewer GPUs with a larger micro_batch_size, or zero_stage=2 where the base fits (0.76x at 4)")
+            f"16). Use fewer GPUs with a larger micro_batch_size, or zero_stage=auto (ZeRO-2 where the base "
+            f"fits: 0.76x at 4)")
 
 
 def _remedies(cfg: PlanConfig, arch: Architecture) -> list[str]:

@@ -14,7 +14,8 @@ def render(p: Plan) -> str:
         f"bg2vec plan: {cfg.model} ({arch.model_type}), {cfg.stage.upper()}, on {cfg.nodes} node(s) x "
         f"{cfg.gpus_per_node} {gpu.name} = {cfg.gpus} GPU(s)",
         f"  {p.params:,} parameters as loaded; LoRA r={cfg.lora_rank} on {', '.join(cfg.lora_target_modules)}:",
-        f"  {p.lora_params:,} trained ({p.lora_params / p.params:.2%}); ZeRO-{cfg.zero_stage}, gradient checkpointing "
+        f"  {p.lora_params:,} trained ({p.lora_params / p.params:.2%}); ZeRO-{cfg.zero_stage}"
+        f"{f' (auto: {p.zero_choice})' if p.zero_choice else ''}, gradient checkpointing "
         f"{'on' if cfg.gradient_checkpointing else 'off'}, {cfg.dtype}, {cfg.attn_implementation} attention",
         f"  {cfg.max_steps} steps x {cfg.global_batch_size} rows of {cfg.seq_len} tokens = {cfg.gpus} GPU(s) x "
         f"micro-batch {cfg.micro_batch} x accumulation {accumulation:g}"

@@ -11,6 +11,8 @@ def deepspeed_config(cfg: TrainConfig, bf16: bool) -> dict:
     The optimizer is DeepSpeed's AdamW only with optimizer offload (it then builds its CPU Adam);
     otherwise the training loop passes torch's AdamW, which needs no compiled ops on any accelerator.
     """
+    if cfg.zero_stage == "auto":
+        raise ValueError("zero_stage auto is decided on the workers first (bg2vec.training.zero_stage)")
     zero: dict = {"stage": cfg.zero_stage, "contiguous_gradients": True, "overlap_comm": cfg.scaling.use_gpu}
     if cfg.zero_stage == 3:
         # trained weights are only the adapters: saving gathers them ourselves, never the 16-bit base

@@ -2,15 +2,16 @@
 
 Every setting arrives through ``train_loop_config`` (the stage's typed config as a dict plus what
 the driver resolved: tokenizer, base model, run directory). Each worker streams its own disjoint
-shard of the data, DeepSpeed (ZeRO-3 by default) shards the model, and every
-``run.checkpoint_every`` steps all ranks write the DeepSpeed checkpoint (adapters, optimizer,
-scheduler, and the position in the data) into one Ray checkpoint. Randomness (masking, dropout,
-shuffling) is derived from (seed, step, rank), so a resumed run draws exactly what the
-uninterrupted run would have drawn, with no RNG state to carry.
+shard of the data, DeepSpeed shards what ``zero_stage`` says (auto: ZeRO-2 where the replicated
+model fits, else ZeRO-3), and every ``run.checkpoint_every`` steps all ranks write the DeepSpeed
+checkpoint (adapters, optimizer, scheduler, and the position in the data) into one Ray checkpoint.
+Randomness (masking, dropout, shuffling) is derived from (seed, step, rank), so a resumed run draws
+exactly what the uninterrupted run would have drawn, with no RNG state to carry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -45,6 +46,7 @@ from bg2vec.training.dev_score import continuation_mrr, halves
 from bg2vec.training.metrics import MetricsSink
 from bg2vec.training.model import (
     add_lora,
+    base_config,
     flush_denormals,
     gather_for_write,
     load_base,
@@ -54,6 +56,7 @@ from bg2vec.training.model import (
     zero3_fetch_whole_layers,
 )
 from bg2vec.training.output import publish_dir, write_failure
+from bg2vec.training.zero_stage import resolve_zero_stage
 
 CHECKPOINT_TAG = "deepspeed"
 TINY_BASE_DIR = "base_model"  # where a tiny:<family> base is saved inside an output directory
@@ -108,19 +111,28 @@ class StageRecipe:
         self.tokenizer = AutoTokenizer.from_pretrained(localize(self.resolved["tokenizer"]),
                                                        trust_remote_code=cfg.model.trust_remote_code)
         dtype = torch_dtype(cfg.model, cfg.scaling.use_gpu)
+        base = self.resolved["base"]
+        base_path = None if base.startswith(TINY_PREFIX) else localize(base)
+        stage, why = resolve_zero_stage(cfg, base_config(cfg.model, self.tokenizer, base_path),
+                                        seq_len=self.resolved["seq_len"], bf16=dtype == torch.bfloat16,
+                                        world=self.world, local_world=ray.train.get_context().get_local_world_size(),
+                                        device=self.device)
+        if cfg.zero_stage == "auto":
+            self.cfg = cfg = dataclasses.replace(cfg, zero_stage=stage)
+            if self.rank == 0:
+                worker_print(f"[{self.stage}] {why}")
         ds_config = deepspeed_config(cfg, bf16=dtype == torch.bfloat16)
         with library_prints_to_log("deepspeed"):  # every rank's "... shm_comm_op built successfully"
             deepspeed.init_distributed(dist_init_required=False)  # over Ray Train's process group: world size
-        base = self.resolved["base"]
         self._hf_ds = None
-        if cfg.zero_stage == 3 and not base.startswith(TINY_PREFIX):
+        if cfg.zero_stage == 3 and base_path is not None:
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds = HfDeepSpeedConfig(ds_config)  # from_pretrained now shards while loading
 
         if self.stage == "mntp":
             model = load_base(cfg.model, causal_lm=True, tokenizer=self.tokenizer, dtype=dtype, seed=cfg.seed,
-                              base_path=None if base.startswith(TINY_PREFIX) else localize(base))
+                              base_path=base_path)
             self._save_tiny_base(model)
             if cfg.mask_token == "mask":
                 add_mask_token(model, self.tokenizer, gather_for_write)
@@ -130,7 +142,7 @@ class StageRecipe:
         else:
             self.mntp_dir = Path(localize(self.resolved["mntp"]))
             model = load_base(cfg.model, causal_lm=False, tokenizer=self.tokenizer, dtype=dtype, seed=cfg.seed,
-                              base_path=localize(base))
+                              base_path=base_path)
             model = merge_adapter(model, self.mntp_dir)
             set_dropout(model, cfg.attention_dropout, cfg.hidden_dropout)
             self.collate = TextCollator(self.tokenizer, cfg.max_length, cfg.pooling)

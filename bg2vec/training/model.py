@@ -47,6 +47,24 @@ def gather_for_write(weight: torch.Tensor):
     return contextlib.nullcontext()
 
 
+def base_config(settings: ModelSettings, tokenizer, base_path: str | None = None):
+    """The base's transformers config, without its weights (``tiny:<family>``: the one it is built from)."""
+    from transformers import AutoConfig
+
+    name = base_path or packaged.resolve(settings.name_or_path)
+    if name.startswith(TINY_PREFIX):
+        h = settings.tiny_hidden_size
+        return tiny_config(name[len(TINY_PREFIX):], len(tokenizer), hidden_size=h, intermediate_size=2 * h,
+                           num_hidden_layers=settings.tiny_layers, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    try:
+        return AutoConfig.from_pretrained(name, revision=None if base_path else settings.revision,
+                                          trust_remote_code=settings.trust_remote_code)
+    except OSError as e:
+        raise Bg2VecError(f"cannot load the base model's config from {name}: {e} "
+                          f"(gated models need HF_TOKEN)") from None
+
+
 def load_base(settings: ModelSettings, *, causal_lm: bool, tokenizer, dtype: torch.dtype, seed: int,
               base_path: str | None = None) -> nn.Module:
     """The base decoder: ``*ForCausalLM`` for MNTP (its LM head predicts the masked tokens), the bare
@@ -56,13 +74,9 @@ def load_base(settings: ModelSettings, *, causal_lm: bool, tokenizer, dtype: tor
     cls = AutoModelForCausalLM if causal_lm else AutoModel
     name = base_path or packaged.resolve(settings.name_or_path)
     if name.startswith(TINY_PREFIX):
-        family = name[len(TINY_PREFIX):]
-        h = settings.tiny_hidden_size
-        config = tiny_config(family, len(tokenizer), hidden_size=h, intermediate_size=2 * h,
-                             num_hidden_layers=settings.tiny_layers, bos_token_id=tokenizer.bos_token_id,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         torch.manual_seed(seed)
-        return cls.from_config(config, dtype=dtype, attn_implementation=settings.attn_implementation)
+        return cls.from_config(base_config(settings, tokenizer, base_path), dtype=dtype,
+                               attn_implementation=settings.attn_implementation)
     try:
         with contextlib.nullcontext() if causal_lm else bare_model_from_causal_lm():
             return cls.from_pretrained(name, revision=None if base_path else settings.revision, dtype=dtype,
