@@ -94,7 +94,7 @@ class StageRecipe:
         import ray.train
         import ray.train.torch
 
-        cfg = self.cfg
+        cfg, local_world = self.cfg, ray.train.get_context().get_local_world_size()
         if not self.resolved.get("verbose"):
             quiet_worker(train_worker=True)
         ignore_deepspeed_collective_deprecations()
@@ -104,7 +104,7 @@ class StageRecipe:
         else:
             flush_denormals()
             deepspeed_cpu_accelerator()  # before DeepSpeed is imported
-            deepspeed_cpu_local_size(ray.train.get_context().get_local_world_size())
+            deepspeed_cpu_local_size(local_world)
         import deepspeed
         from transformers import AutoTokenizer, get_scheduler
 
@@ -113,11 +113,11 @@ class StageRecipe:
         dtype = torch_dtype(cfg.model, cfg.scaling.use_gpu)
         base = self.resolved["base"]
         base_path = None if base.startswith(TINY_PREFIX) else localize(base)
-        stage, why = resolve_zero_stage(cfg, base_config(cfg.model, self.tokenizer, base_path),
-                                        seq_len=self.resolved["seq_len"], bf16=dtype == torch.bfloat16,
-                                        world=self.world, local_world=ray.train.get_context().get_local_world_size(),
-                                        device=self.device)
-        if cfg.zero_stage == "auto":
+        if cfg.zero_stage == "auto":  # the model's config is read only to decide this
+            stage, why = resolve_zero_stage(cfg, base_config(cfg.model, self.tokenizer, base_path),
+                                            seq_len=self.resolved["seq_len"], bf16=dtype == torch.bfloat16,
+                                            world=self.world, local_world=local_world,
+                                            device=self.device)
             self.cfg = cfg = dataclasses.replace(cfg, zero_stage=stage)
             if self.rank == 0:
                 worker_print(f"[{self.stage}] {why}")
