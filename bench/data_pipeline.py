@@ -2,6 +2,7 @@
 
     python bench/data_pipeline.py                  # everything, about 15 minutes on 2 cores
     python bench/data_pipeline.py --skip-scaling   # without the Ray Data runs
+    python bench/data_pipeline.py --only-scaling   # just the Ray Data runs (about 12 minutes)
 
 Inputs: the real English Wikipedia excerpt in ../shared (or $BG2VEC_SHARED), and a >= 50 MB
 multistream dump built from it (its pages replicated with new ids, cached under ~/.cache/bg2vec).
@@ -9,7 +10,8 @@ multistream dump built from it (its pages replicated with new ids, cached under 
 1. cleaning speed per core, ours vs WikiExtractor 3.1.0 with templates not expanded (its
    --no-templates mode), on the same pages in the same process, best of several interleaved runs;
 2. markup residue (bg2vec.data.residue) of both on the pages both keep;
-3. Ray Data scaling of the whole prepare job, 1 vs 2 CPUs (fresh local Ray each, same dump);
+3. Ray Data scaling of the whole prepare job, 1 vs 2 CPUs (fresh local Ray each, same dump), with
+   cleaning fused into the read tasks (the pipeline's choice for many-range dumps) and apart;
 4. tokenise+pack tokens/s vs the bare fast tokenizer's batch encode, one core each.
 Targets: cleaning >= 1.0x WikiExtractor with residue no higher; 2 CPUs >= 1.7x one; tokenise+pack
 >= 0.8x the bare tokenizer.
@@ -55,11 +57,15 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=10, help="replicas of the excerpt in the large dump")
     parser.add_argument("--reps", type=int, default=3, help="runs of each Ray configuration (best is kept)")
     parser.add_argument("--skip-scaling", action="store_true")
-    parser.add_argument("--scaling-run", nargs=2, metavar=("CPUS", "DUMP"), help=argparse.SUPPRESS)
+    parser.add_argument("--only-scaling", action="store_true", help="just the Ray Data runs (table 3)")
+    parser.add_argument("--scaling-run", nargs=3, metavar=("CPUS", "DUMP", "FUSE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scaling_run:
-        return _scaling_run(int(args.scaling_run[0]), args.scaling_run[1])
+        return _scaling_run(int(args.scaling_run[0]), *args.scaling_run[1:])
 
+    if args.only_scaling:
+        return _scaling_bench({args.copies: _large_dump(args.copies), 2 * args.copies: _large_dump(2 * args.copies)},
+                              args.reps)
     excerpt = _articles(str(EXCERPT), "bz2")
     big_dump = _large_dump(args.copies)
     big = _articles(str(big_dump), "bz2")
@@ -105,26 +111,41 @@ def _residue_bench(excerpt: list[dict], cleaned: list) -> None:
            ["cleaner", "residue", "output chars", "kinds"], rows)
 
 
+# The cleaning placements compared: the pipeline's own rule, and cleaning always in separate tasks
+# (the pipeline before fusing; FUSE_RANGES_PER_CPU = inf restores it).
+VARIANTS = {"fused (bg2vec)": "2", "separate clean tasks": "inf"}
+
+
 def _scaling_bench(dumps: dict[int, Path], reps: int) -> None:
-    """The whole prepare job at 1 and 2 CPUs (fresh local Ray per run, best of ``reps``), on two dump
-    sizes: their difference is the steady-state throughput, free of the job's fixed costs (worker
-    start-up, loading the tokenizer, stage hand-over), which a real dump makes negligible."""
-    best: dict[tuple[int, int], dict] = {}
+    """The whole prepare job at 1 and 2 CPUs (fresh local Ray per run, best of ``reps``, the
+    variants' runs alternated so that load changes hit all alike), on two dump sizes: their
+    difference is the steady-state throughput, free of the job's fixed costs (worker start-up,
+    loading the tokenizer, stage hand-over), which a real dump makes negligible."""
+    best: dict[tuple[str, int, int], dict] = {}
     for _ in range(reps):
         for copies, dump in dumps.items():
             for cpus in (1, 2):
-                run = _scaling(cpus, dump)
-                if (copies, cpus) not in best or run["seconds"] < best[copies, cpus]["seconds"]:
-                    best[copies, cpus] = run
-    rows = [[f"x{copies}", cpus, f"{r['seconds']:.1f}", r["pages"], f"{r['pages'] / r['seconds']:.0f}",
-             f"{best[copies, 1]['seconds'] / r['seconds']:.2f}x"] for (copies, cpus), r in sorted(best.items())]
+                for variant, fuse in VARIANTS.items():
+                    run = _scaling(cpus, dump, fuse)
+                    key = (variant, copies, cpus)
+                    if key not in best or run["seconds"] < best[key]["seconds"]:
+                        best[key] = run
     small, large = sorted(dumps)
-    marginal = {cpus: (best[large, cpus]["pages"] - best[small, cpus]["pages"])
-                / (best[large, cpus]["seconds"] - best[small, cpus]["seconds"]) for cpus in (1, 2)}
-    rows += [[f"x{large} - x{small}", cpus, "", "", f"{marginal[cpus]:.0f}", f"{marginal[cpus] / marginal[1]:.2f}x"]
-             for cpus in (1, 2)]
-    _table(f"3. Ray Data scaling: the whole prepare job, best of {reps} (last rows: steady state)",
-           ["dump", "CPUs", "seconds", "pages kept", "pages/s", "speed-up vs 1 CPU"], rows)
+    rows = []
+    for variant in VARIANTS:
+        for copies in (small, large):
+            for cpus in (1, 2):
+                r = best[variant, copies, cpus]
+                rows.append([variant, f"x{copies}", cpus, f"{r['seconds']:.1f}", r["pages"],
+                             f"{r['pages'] / r['seconds']:.0f}",
+                             f"{best[variant, copies, 1]['seconds'] / r['seconds']:.2f}x"])
+        marginal = {cpus: (best[variant, large, cpus]["pages"] - best[variant, small, cpus]["pages"])
+                    / (best[variant, large, cpus]["seconds"] - best[variant, small, cpus]["seconds"])
+                    for cpus in (1, 2)}
+        rows += [[variant, f"x{large} - x{small}", cpus, "", "", f"{marginal[cpus]:.0f}",
+                  f"{marginal[cpus] / marginal[1]:.2f}x"] for cpus in (1, 2)]
+    _table(f"3. Ray Data scaling: the whole prepare job, best of {reps} (x{large} - x{small}: steady state)",
+           ["cleaning", "dump", "CPUs", "seconds", "pages kept", "pages/s", "speed-up vs 1 CPU"], rows)
 
 
 def _articles(path: str, codec: str) -> list[dict]:
@@ -171,19 +192,21 @@ def _clean_wikiextractor(pages):
     return out
 
 
-def _scaling(cpus: int, dump: Path) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--scaling-run", str(cpus), str(dump)],
+def _scaling(cpus: int, dump: Path, fuse: str) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--scaling-run", str(cpus), str(dump), fuse],
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _scaling_run(cpus: int, dump: str) -> None:
+def _scaling_run(cpus: int, dump: str, fuse: str) -> None:
     from ray.data import DataContext
 
     from bg2vec.config import load_config
+    from bg2vec.data import pipeline
     from bg2vec.data.config import PrepareConfig
-    from bg2vec.data.pipeline import prepare
     from bg2vec.ray_utils import start_local_ray
+
+    pipeline.FUSE_RANGES_PER_CPU = float(fuse)
 
     start_local_ray(num_cpus=cpus)  # a Ray of its own (never a cluster `ray start` left in /tmp/ray)
     DataContext.get_current().enable_progress_bars = False
@@ -191,7 +214,7 @@ def _scaling_run(cpus: int, dump: str) -> None:
         cfg = load_config(PrepareConfig, None, [f"dump={dump}", f"output={out}", "range_mb=2",
                                                 f"tokenizer.name_or_path={TOKENIZER}"])
         start = time.perf_counter()
-        manifest = prepare(cfg)
+        manifest = pipeline.prepare(cfg)
         seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "pages": manifest["counts"]["pages_kept"]}))
 

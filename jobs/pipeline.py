@@ -106,9 +106,11 @@ def run(preset: str, output: str, overwrite: bool, overrides: list[str]) -> str:
                   f"{embedded['this_run']['passages_per_s']:.1f} passages/s", flush=True)
         else:
             print(summarize(run_stage(cfg)), flush=True)
-    report = child(output, OUTPUTS["evaluate"])
+    report, embeddings = child(output, OUTPUTS["evaluate"]), child(output, OUTPUTS["embed"])
+    search = (f"\nsearch them: python jobs/search.py index={embeddings} \"your query\""
+              if configs["embed"].index.precisions else "")
     return (f"{table}\n\nreport: {report}/report.md, chart: {report}/report.png\n"
-            f"vectors: {child(output, OUTPUTS['embed'])}/vectors/*.parquet")
+            f"vectors: {embeddings}/vectors/*.parquet{search}")
 
 
 def main() -> None:

@@ -50,6 +50,28 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def prepared_sample(ray_local, tmp_path_factory) -> Path:
+    """The sample dump prepared with configs/tiny/prepare.yaml (pages/, a trained tokenizer/), once per session;
+    read it, never change it."""
+    from bg2vec.config import load_config
+    from bg2vec.data.config import PrepareConfig
+    from bg2vec.data.pipeline import prepare
+
+    data = tmp_path_factory.mktemp("sample") / "data"
+    prepare(load_config(PrepareConfig, str(REPO / "configs/tiny/prepare.yaml"), [f"output={data}"]))
+    return data
+
+
+@pytest.fixture(scope="session")
+def sample_encoder(prepared_sample, tmp_path_factory) -> Path:
+    """A tiny trained encoder (write_trained_encoder, max_length 64) on the prepared sample's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(prepared_sample / "tokenizer")
+    return write_trained_encoder(tmp_path_factory.mktemp("encoder"), tokenizer, max_length=64)
+
+
+@pytest.fixture(scope="session")
 def sample_xml() -> bytes:
     return SAMPLE_DUMP.read_bytes()
 

@@ -11,9 +11,10 @@ import pytest
 
 from bg2vec.config import describe, field_docs, load_config
 from bg2vec.data.config import CleaningConfig, PrepareConfig, TokenizerConfig
-from bg2vec.embedding.config import EmbedConfig
+from bg2vec.embedding.config import EmbedConfig, SearchConfig
 from bg2vec.errors import ConfigError
 from bg2vec.evaluation.config import EvaluateConfig
+from bg2vec.export.config import ExportConfig
 from bg2vec.planning import PlanConfig
 from bg2vec.training.config import MNTPConfig, SimCSEConfig
 from bg2vec.tuning import TuneConfig
@@ -21,9 +22,10 @@ from conftest import REPO
 
 # Every YAML under configs/<preset>/ is named after its stage; a new stage registers its class here.
 STAGE_CONFIGS = {"prepare": PrepareConfig, "mntp": MNTPConfig, "simcse": SimCSEConfig, "evaluate": EvaluateConfig,
-                 "tune": TuneConfig, "plan": PlanConfig, "embed": EmbedConfig}
+                 "tune": TuneConfig, "plan": PlanConfig, "embed": EmbedConfig,
+                 "search": SearchConfig, "export": ExportConfig}
 REQUIRED_OVERRIDES = {"prepare": ["output=/tmp/out"], "mntp": [], "simcse": [], "evaluate": [], "tune": [],
-                      "plan": [], "embed": []}
+                      "plan": [], "embed": [], "search": ["query=столица"], "export": []}
 
 
 @pytest.mark.parametrize("path", sorted(REPO.glob("configs/*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")

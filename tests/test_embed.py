@@ -18,13 +18,11 @@ from transformers import AutoTokenizer
 
 from bg2vec import Bg2Vec
 from bg2vec.config import load_config
-from bg2vec.data.config import PrepareConfig
-from bg2vec.data.pipeline import prepare
 from bg2vec.embedding.config import EmbedConfig
 from bg2vec.embedding.passages import passage_windows
 from bg2vec.embedding.pipeline import embed
 from bg2vec.errors import Bg2VecError, ConfigError
-from conftest import REPO, write_trained_encoder
+from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -39,43 +37,33 @@ def test_passage_windows_by_hand():
 
 
 @pytest.fixture(scope="module")
-def pages(ray_local, tmp_path_factory):
+def pages(prepared_sample, tmp_path_factory):
     """The sample dump's clean pages in three Parquet shards, plus a fourth whose pages have no text."""
-    data = tmp_path_factory.mktemp("embed") / "data"
-    prepare(load_config(PrepareConfig, str(REPO / "configs/tiny/prepare.yaml"), [f"output={data}"]))
-    table = pq.read_table(data / "pages").sort_by("id")
-    shards = data.parent / "shards"
+    table = pq.read_table(prepared_sample / "pages").sort_by("id")
+    shards = tmp_path_factory.mktemp("embed") / "shards"
     shards.mkdir()
     for i, part in enumerate(np.array_split(np.arange(table.num_rows), 3)):
         pq.write_table(table.take(part), shards / f"pages-{i}.parquet")
     blank = table.slice(0, 2).set_column(table.schema.get_field_index("text"), "text", pa.array(["", "   "]))
     pq.write_table(blank, shards / "pages-3-blank.parquet")
-    return data, shards, table
+    return prepared_sample, shards, table
 
 
-@pytest.fixture(scope="module")
-def encoder_dir(pages, tmp_path_factory):
-    """A tiny Mistral with an MNTP and a SimCSE stage (random LoRA), as the training jobs write it."""
-    data, _, _ = pages
-    tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
-    return write_trained_encoder(tmp_path_factory.mktemp("encoder"), tokenizer, max_length=64)
-
-
-def config(encoder_dir, input_path, output, *overrides) -> EmbedConfig:
+def config(model, input_path, output, *overrides) -> EmbedConfig:
     return load_config(EmbedConfig, str(REPO / "configs/tiny/embed.yaml"), [
-        f"model={encoder_dir}", f"input={input_path}", f"output={output}", "passage_tokens=40", "overlap_tokens=8",
+        f"model={model}", f"input={input_path}", f"output={output}", "passage_tokens=40", "overlap_tokens=8",
         "batch_size=8", "progress=false", *overrides])
 
 
 @pytest.fixture(scope="module")
-def embedded(pages, encoder_dir, tmp_path_factory):
+def embedded(pages, sample_encoder, tmp_path_factory):
     _, shards, _ = pages
     out = tmp_path_factory.mktemp("vectors") / "out"
-    manifest = embed(config(encoder_dir, shards, out))
+    manifest = embed(config(sample_encoder, shards, out))
     return out, manifest
 
 
-def test_vectors_equal_bg2vec_encode_on_the_same_passages(embedded, pages, encoder_dir):
+def test_vectors_equal_bg2vec_encode_on_the_same_passages(embedded, pages, sample_encoder):
     out, manifest = embedded
     _, _, table = pages
     texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
@@ -83,11 +71,13 @@ def test_vectors_equal_bg2vec_encode_on_the_same_passages(embedded, pages, encod
     assert [f.name for f in files] == ["pages-0.parquet", "pages-1.parquet", "pages-2.parquet",
                                        "pages-3-blank.parquet"]
     vectors = pq.read_table(out / "vectors")  # the shards read back as one table: one schema
-    assert vectors.column_names == ["id", "passage_index", "passage", "char_start", "char_end", "vector"]
+    assert vectors.column_names == ["id", "passage_index", "title", "passage", "char_start", "char_end", "vector"]
+    titles = dict(zip(table.column("id").to_pylist(), table.column("title").to_pylist()))
+    assert vectors.column("title").to_pylist() == [titles[i] for i in vectors.column("id").to_pylist()]
     assert pq.read_metadata(files[-1]).num_rows == 0  # pages without text: an empty shard, still written
     assert vectors.num_rows == manifest["passages"] == sum(s["passages"] for s in manifest["shards"]) > len(texts)
 
-    encoder = Bg2Vec.from_pretrained(encoder_dir)
+    encoder = Bg2Vec.from_pretrained(sample_encoder)
     expected = encoder.encode(vectors.column("passage").to_pylist(), batch_size=5)
     got = np.stack(vectors.column("vector").to_numpy(zero_copy_only=False))
     assert got.shape == (vectors.num_rows, 32) and manifest["dimension"] == 32
@@ -95,11 +85,11 @@ def test_vectors_equal_bg2vec_encode_on_the_same_passages(embedded, pages, encod
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
 
 
-def test_passages_cover_each_document_in_order_with_the_overlap(embedded, pages, encoder_dir):
+def test_passages_cover_each_document_in_order_with_the_overlap(embedded, pages, sample_encoder):
     out, _ = embedded
     _, _, table = pages
     texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
-    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    tokenizer = AutoTokenizer.from_pretrained(sample_encoder)
     rows = pq.read_table(out / "vectors").to_pylist()
     by_doc: dict[int, list[dict]] = {}
     for row in rows:
@@ -117,13 +107,13 @@ def test_passages_cover_each_document_in_order_with_the_overlap(embedded, pages,
         assert passages[0]["char_start"] == offsets[0][0] and passages[-1]["char_end"] == offsets[-1][1]
 
 
-def test_an_interrupted_run_resumes_and_skips_finished_shards(embedded, pages, encoder_dir, capsys):
+def test_an_interrupted_run_resumes_and_skips_finished_shards(embedded, pages, sample_encoder, capsys):
     out, manifest = embedded
     _, shards, _ = pages
     before = {f.name: (f.stat().st_mtime_ns, pq.read_table(f)) for f in (out / "vectors").glob("*.parquet")}
     (out / "manifest.json").unlink()  # as if the run had stopped while the last shards were written
     (out / "vectors" / "pages-2.parquet").unlink()
-    resumed = embed(config(encoder_dir, shards, out))
+    resumed = embed(config(sample_encoder, shards, out))
     assert resumed["skipped"] == 3 and resumed["this_run"]["shards"] == 1
     assert "4 shard(s), 3 finished earlier, 1 to do" in capsys.readouterr().out
     for f in (out / "vectors").glob("*.parquet"):
@@ -133,13 +123,13 @@ def test_an_interrupted_run_resumes_and_skips_finished_shards(embedded, pages, e
     assert resumed["passages"] == manifest["passages"]
     assert json.loads((out / "manifest.json").read_text())["passages"] == manifest["passages"]
 
-    again = embed(config(encoder_dir, shards, out))  # complete: nothing is redone
+    again = embed(config(sample_encoder, shards, out))  # complete: nothing is redone
     assert again["already_complete"]
     with pytest.raises(Bg2VecError, match="other settings \\(overlap_tokens\\)"):
-        embed(config(encoder_dir, shards, out, "overlap_tokens=4"))
+        embed(config(sample_encoder, shards, out, "overlap_tokens=4"))
 
 
-def test_jsonl_without_ids_through_the_job(pages, encoder_dir, tmp_path):
+def test_jsonl_without_ids_through_the_job(pages, sample_encoder, tmp_path):
     _, _, table = pages
     docs = table.column("text").to_pylist()[:5]
     corpus = tmp_path / "corpus.jsonl"
@@ -147,22 +137,22 @@ def test_jsonl_without_ids_through_the_job(pages, encoder_dir, tmp_path):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the job starts a Ray of its own
     done = subprocess.run([sys.executable, "jobs/embed.py", "--config", "configs/tiny/embed.yaml",
-                           f"model={encoder_dir}", f"input={corpus}", f"output={out}", "text_column=body",
+                           f"model={sample_encoder}", f"input={corpus}", f"output={out}", "text_column=body",
                            "passage_tokens=40", "overlap_tokens=8", "progress=false"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "passages/s" in done.stdout and "shard 1/1 corpus.parquet" in done.stdout
     vectors = pq.read_table(out / "vectors" / "corpus.parquet")
     assert set(vectors.column("id").to_pylist()) == {hashlib.sha1(t.encode()).hexdigest() for t in docs}
-    expected = Bg2Vec.from_pretrained(encoder_dir).encode(vectors.column("passage").to_pylist())
+    expected = Bg2Vec.from_pretrained(sample_encoder).encode(vectors.column("passage").to_pylist())
     np.testing.assert_allclose(np.stack(vectors.column("vector").to_numpy(zero_copy_only=False)), expected, atol=1e-5)
 
 
-def test_model_input_and_output_on_s3(pages, encoder_dir, embedded, s3):
+def test_model_input_and_output_on_s3(pages, sample_encoder, embedded, s3):
     """A real S3 API: the actors fetch the model, Ray Data reads the shards, the driver writes."""
     _, shards, _ = pages
     fs, uri = s3
-    pafs.copy_files(str(encoder_dir), "bucket/encoder", source_filesystem=pafs.LocalFileSystem(),
+    pafs.copy_files(str(sample_encoder), "bucket/encoder", source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)
     pafs.copy_files(str(shards), "bucket/corpus", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     manifest = embed(config(uri.format("encoder"), uri.format("corpus"), uri.format("vectors")))
@@ -175,27 +165,27 @@ def test_model_input_and_output_on_s3(pages, encoder_dir, embedded, s3):
     assert "k:s@" not in saved and "s3://***@bucket/encoder" in saved  # credentials never saved
 
 
-def test_bad_inputs_are_named_and_write_nothing(pages, encoder_dir, tmp_path):
+def test_bad_inputs_are_named_and_write_nothing(pages, sample_encoder, tmp_path):
     _, shards, _ = pages
     with pytest.raises(Bg2VecError, match="does not exist"):
-        embed(config(encoder_dir, tmp_path / "nothing", tmp_path / "o1"))
+        embed(config(sample_encoder, tmp_path / "nothing", tmp_path / "o1"))
     with pytest.raises(Bg2VecError, match="has no column 'body'"):
-        embed(config(encoder_dir, shards, tmp_path / "o2", "text_column=body"))
+        embed(config(sample_encoder, shards, tmp_path / "o2", "text_column=body"))
     with pytest.raises(Bg2VecError, match="passage_tokens=63 plus 2 special/instruction tokens exceeds the "
                                           "encoder's max_length=64"):
-        embed(config(encoder_dir, shards, tmp_path / "o3", "passage_tokens=63"))
+        embed(config(sample_encoder, shards, tmp_path / "o3", "passage_tokens=63"))
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     (mixed / "a.jsonl").write_text('{"text": "а"}\n')
     pq.write_table(pa.table({"text": ["б"]}), mixed / "b.parquet")
     with pytest.raises(Bg2VecError, match="mixes Parquet and JSON"):
-        embed(config(encoder_dir, mixed, tmp_path / "o4"))
+        embed(config(sample_encoder, mixed, tmp_path / "o4"))
     not_ours = tmp_path / "not-ours"
     not_ours.mkdir()
     (not_ours / "keep.txt").write_text("user data")
     with pytest.raises(Bg2VecError, match="is not empty and is not an embedding output"):
-        embed(config(encoder_dir, shards, not_ours))
+        embed(config(sample_encoder, shards, not_ours))
     assert [p.name for p in not_ours.iterdir()] == ["keep.txt"]
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
     with pytest.raises(ConfigError, match="overlap_tokens must be in"):
-        config(encoder_dir, shards, tmp_path / "o5", "overlap_tokens=40")
+        config(sample_encoder, shards, tmp_path / "o5", "overlap_tokens=40")

@@ -82,6 +82,9 @@ def test_report_of_every_task_type_with_values_from_the_encoders(trained_dir, ta
     results = json.loads((out / "results.json").read_text())
     assert list(results) == ["base: causal-last", "base: causal-mean", "base: bidirectional", "MNTP", "MNTP + SimCSE"]
     assert all(list(r) == [t["name"] for t in TASKS] for r in results.values())
+    tasks = json.loads((out / "tasks.json").read_text())
+    assert list(tasks) == [t["name"] for t in TASKS] and tasks["Triples"]["type"] == "triples"
+    assert all(tasks[t]["main_score"] in results["MNTP"][t] for t in tasks)
     # a value recomputed from the encoder itself: the MNTP view's triples score
     mntp = Bg2Vec.from_pretrained(trained_dir, up_to_stage="mntp")
     anchors, negatives = SENTENCES["спорт"], SENTENCES["наука"]

@@ -4,8 +4,10 @@ Stages (each one parallel across the cluster):
 
 1. read: :class:`WikipediaDumpDatasource`, one task per byte range of whole pages (pinned to the
    driver's node when the dump is a local file);
-2. clean: tasks of :func:`clean_pages` over batches of pages (not fused with reading, so that a
-   single-stream dump is still cleaned on every CPU);
+2. clean: :func:`clean_pages`, fused into the read tasks when the dump has enough ranges to keep
+   every CPU busy (one task reads and cleans a range: no hand-over, no pages held between
+   operators), else separate tasks over batches of pages, so that a dump of few ranges (a
+   single-stream file) is still cleaned on every CPU;
 3. write pages: :class:`PagesDatasink` (kept pages; every page counted by skip reason);
 4. tokenise: an actor pool of :class:`TokenizeDocs`, each holding the tokenizer;
 5. pack + write blocks: :class:`BlocksDatasink`.
@@ -50,6 +52,9 @@ log = logging.getLogger(__name__)
 
 CLEAN_BATCH_PAGES = 32
 TOKENIZE_BATCH_DOCS = 64
+# Ranges per CPU from which reading and cleaning run as one task (see the module docstring): with
+# fewer, a CPU would idle at the end of the read.
+FUSE_RANGES_PER_CPU = 2
 BLOCK_BYTES = 4 << 20
 
 
@@ -72,7 +77,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     run_id = uuid.uuid4().hex[:8]
     try:
         with reraise_user_error(), _small_blocks():
-            pages = _write_pages(cfg, source, siteinfo, ranges, out, run_id)
+            pages = _write_pages(cfg, source, siteinfo, ranges, out, run_id, workers)
             kept = sum(pages["kept"].values())
             log.info("pages: %d kept, %d skipped -> %s", kept, sum(pages["skipped"].values()),
                      storage.redact(out.pages_uri))
@@ -122,16 +127,21 @@ def _small_blocks():
         ctx.target_max_block_size = saved
 
 
-def _write_pages(cfg: PrepareConfig, source, siteinfo, ranges, out: PreparedDir, run_id: str) -> dict:
+def _write_pages(cfg: PrepareConfig, source, siteinfo, ranges, out: PreparedDir, run_id: str,
+                 workers: int) -> dict:
     # A local dump exists on this node only: read it here (cleaning still spreads over the cluster).
     pin = {f"node:{ray.util.get_node_ip_address()}": 0.001} if source.is_local else None
     datasource = WikipediaDumpDatasource(source.uri, source.codec, ranges, siteinfo.root_tag,
                                          source.display, cfg.salvage)
     ds = ray.data.read_datasource(datasource, resources=pin, override_num_blocks=len(ranges))
-    # A batch size keeps Ray Data from fusing cleaning into the read tasks (see module docstring).
-    ds = ds.map_batches(clean_pages, batch_size=CLEAN_BATCH_PAGES, batch_format="pyarrow", fn_kwargs={
-        "cleaning": cfg.cleaning, "namespaces": siteinfo.namespaces,
-        "validation_fraction": cfg.validation_fraction})
+    # Ray Data fuses cleaning into the read tasks when it takes whole blocks (batch_size=None) with the
+    # read's resources; a batch size keeps them apart.
+    fuse = len(ranges) >= FUSE_RANGES_PER_CPU * workers
+    log.info("cleaning %s", "fused into the read tasks" if fuse else f"in tasks of {CLEAN_BATCH_PAGES} pages")
+    placement = {"batch_size": None, "resources": pin} if fuse else {"batch_size": CLEAN_BATCH_PAGES}
+    ds = ds.map_batches(clean_pages, **placement, batch_format="pyarrow",
+                        fn_kwargs={"cleaning": cfg.cleaning, "namespaces": siteinfo.namespaces,
+                                   "validation_fraction": cfg.validation_fraction})
     sink = PagesDatasink(out.pages_uri, run_id)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
     totals: dict = {"kept": Counter(), "skipped": Counter(), "chars": 0, "truncations": [], "files": []}

@@ -35,7 +35,7 @@ def encoder_tokenizer(model: str):
 
 
 def split_passages(batch: dict[str, np.ndarray], model: str, text_column: str, id_column: str | None,
-                   passage_tokens: int, overlap_tokens: int) -> pa.Table:
+                   title_column: str | None, passage_tokens: int, overlap_tokens: int) -> pa.Table:
     """``map_batches`` function: document rows (with Ray Data's ``path``) in, one row per passage out."""
     tokenizer = encoder_tokenizer(model)
     texts = ["" if t is None else str(t) for t in batch[text_column]]
@@ -56,6 +56,9 @@ def split_passages(batch: dict[str, np.ndarray], model: str, text_column: str, i
             char_end.append(end)
             tokens.append(last - first)
     doc = np.array(doc, dtype=np.int64)
+    titles = {"title": pa.array([None if t is None else str(t) for t in batch[title_column][doc]], pa.string())
+              } if title_column else {}
     return pa.table({"id": ids[doc], "path": batch["path"][doc], "passage_index": pa.array(index, pa.int32()),
-                     "passage": pa.array(passages, pa.string()), "char_start": pa.array(char_start, pa.int64()),
-                     "char_end": pa.array(char_end, pa.int64()), "tokens": pa.array(tokens, pa.int64())})
+                     **titles, "passage": pa.array(passages, pa.string()),
+                     "char_start": pa.array(char_start, pa.int64()), "char_end": pa.array(char_end, pa.int64()),
+                     "tokens": pa.array(tokens, pa.int64())})

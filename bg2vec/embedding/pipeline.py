@@ -4,7 +4,8 @@ Ray Data reads the shards (one input file each) in order, cuts documents into pa
 encodes them on a pool of actors that each load the model once. The driver receives the passages in
 input order (``preserve_order``), so a shard is complete when the next one's first passage arrives;
 it is then written atomically as ``vectors/<shard>.parquet``. A run that stops midway resumes by
-skipping every shard whose file exists; ``manifest.json``, written last, marks the output complete.
+skipping every shard whose file exists. Once every shard is there, the search indexes are built
+(bg2vec.embedding.index, resumable too); ``manifest.json``, written last, marks the output complete.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from bg2vec.config import to_dict
 from bg2vec.embedding.config import EmbedConfig
+from bg2vec.embedding.index import build_index
 from bg2vec.errors import Bg2VecError
 from bg2vec.storage import exists, join, redact, resolve, write_bytes_atomic
 
 FORMAT = "bg2vec-embeddings-v1"
 SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
-OUTPUT_COLUMNS = ["id", "passage_index", "passage", "char_start", "char_end", "vector"]
+OUTPUT_COLUMNS = ["id", "passage_index", "title", "passage", "char_start", "char_end", "vector"]  # title: if any
+ROW_GROUP = 1024  # passages per Parquet row group: a search reads only the groups that hold its hits
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,8 @@ class OutputDir:
 
     def write_shard(self, shard: Shard, table: pa.Table) -> None:
         sink = pa.BufferOutputStream()
-        pq.write_table(table.select(OUTPUT_COLUMNS), sink)
+        pq.write_table(table.select([c for c in OUTPUT_COLUMNS if c in table.column_names]), sink,
+                       row_group_size=ROW_GROUP)
         write_bytes_atomic(self.fs, self.vectors(shard), sink.getvalue().to_pybytes())
 
     def finished(self, shard: Shard) -> tuple[int, int] | None:
@@ -165,6 +170,7 @@ def embed(cfg: EmbedConfig) -> dict:
         raise Bg2VecError(f"input {redact(cfg.input)} has no column {cfg.text_column!r} (columns: "
                           f"{', '.join(columns)}); set text_column=")
     id_column = cfg.id_column if cfg.id_column in columns else None
+    title_column = cfg.title_column if cfg.title_column in columns else None
     names = [s.name for s in shards]
     if len(set(names)) != len(names):
         raise Bg2VecError(f"input {redact(cfg.input)} has files that map to the same output name; rename them")
@@ -172,7 +178,9 @@ def embed(cfg: EmbedConfig) -> dict:
     out = OutputDir(cfg)
     manifest = out.open()
     if manifest is not None:
-        return {**manifest, "skipped": len(shards), "already_complete": True}
+        if manifest.get("index_config") == to_dict(cfg.index):
+            return {**manifest, "skipped": len(shards), "already_complete": True}
+        out.fs.delete_file(out.manifest_path)  # other index settings: complete again once the index is rebuilt
     done = {s: out.finished(s) for s in shards}
     todo = [s for s in shards if done[s] is None]
     print(f"embedding {redact(cfg.input)}: {len(shards)} shard(s), {len(shards) - len(todo)} finished earlier, "
@@ -180,13 +188,17 @@ def embed(cfg: EmbedConfig) -> dict:
     started = time.perf_counter()
     counts = {"passages": 0, "tokens": 0}
     if todo:
-        counts = _run(cfg, model, input_fs, todo, fmt, id_column, out, done)
+        counts = _run(cfg, model, input_fs, todo, fmt, id_column, title_column, out, done)
     seconds = time.perf_counter() - started
     dimension = next((d for n, d in done.values() if n), 0)
+    index = build_index(out.fs, out.path, cfg.index, [(s.name, done[s][0]) for s in shards], dimension, encoder={
+        "model": redact(model), "instruction": cfg.instruction, "normalize": cfg.normalize})
     manifest = {
         "format": FORMAT, "settings": cfg.content_key(), "model": redact(cfg.model), "dimension": dimension,
-        "id_column": id_column, "shards": [{"name": s.name, "source": s.path, "passages": done[s][0]} for s in shards],
-        "passages": sum(n for n, _ in done.values()),
+        "id_column": id_column, "title_column": title_column,
+        "shards": [{"name": s.name, "source": s.path, "passages": done[s][0]} for s in shards],
+        "passages": sum(n for n, _ in done.values()), "index_config": to_dict(cfg.index),
+        "index": index and {k: index[k] for k in ("indexes", "files", "bytes", "seconds")},
         "this_run": {**counts, "shards": len(todo), "seconds": round(seconds, 2),
                      "passages_per_s": round(counts["passages"] / seconds, 2) if seconds else 0.0,
                      "tokens_per_s": round(counts["tokens"] / seconds, 2) if seconds else 0.0}}
@@ -195,7 +207,7 @@ def embed(cfg: EmbedConfig) -> dict:
 
 
 def _run(cfg: EmbedConfig, model: str, input_fs: pafs.FileSystem, todo: list[Shard], fmt: str,
-         id_column: str | None, out: OutputDir, done: dict) -> dict:
+         id_column: str | None, title_column: str | None, out: OutputDir, done: dict) -> dict:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -210,14 +222,14 @@ def _run(cfg: EmbedConfig, model: str, input_fs: pafs.FileSystem, todo: list[Sha
     gpus = ray.cluster_resources().get("GPU", 0)
     gpus_per_actor = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1 if gpus else 0)
     actors = cfg.actors or (max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else 1)
-    columns = [cfg.text_column] + ([id_column] if id_column else [])
+    columns = [cfg.text_column] + [c for c in (id_column, title_column) if c]
     paths = [s.path for s in todo]
     if fmt == "parquet":
         ds = ray.data.read_parquet(paths, filesystem=input_fs, include_paths=True).select_columns([*columns, "path"])
     else:
         ds = ray.data.read_json(paths, filesystem=input_fs, include_paths=True)  # pyarrow reads JSON Lines
     ds = ds.map_batches(split_passages, batch_format="numpy", fn_kwargs=dict(
-        model=model, text_column=cfg.text_column, id_column=id_column,
+        model=model, text_column=cfg.text_column, id_column=id_column, title_column=title_column,
         passage_tokens=cfg.passage_tokens, overlap_tokens=cfg.overlap_tokens))
     ds = map_with_actor_pool(ds, PassageEncoder, batch_format="pyarrow", batch_size=cfg.batch_size * 4,
                              fn_constructor_kwargs=dict(model=model, batch_size=cfg.batch_size,

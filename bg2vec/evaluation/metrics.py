@@ -112,6 +112,13 @@ def retrieval(queries: np.ndarray, corpus: np.ndarray, relevant: Sequence[dict[i
     top = min(max(k_values), corpus.shape[0])
     # stable sort on the negated scores: ties keep corpus order, like MTEB's sorted(...)
     ranked = np.argsort(-scores, axis=1, kind="stable")[:, :top]
+    return ranking_metrics(ranked, relevant, k_values)
+
+
+def ranking_metrics(ranked: np.ndarray, relevant: Sequence[dict[int, int]],
+                    k_values: Sequence[int] = RETRIEVAL_K) -> dict:
+    """:func:`retrieval`'s metrics of rankings made elsewhere (e.g. a search index): ``ranked[q]`` is
+    query q's corpus indices, best first (an index < 0: no document)."""
     out: dict[str, float] = {}
     for k in k_values:
         ndcg, recall, mrr = [], [], []

@@ -1,4 +1,5 @@
-"""The evaluation report: results.json, report.md (models x tasks) and report.png."""
+"""The evaluation report: results.json, tasks.json (each task's type and main metric), report.md
+(models x tasks) and report.png."""
 
 from __future__ import annotations
 
@@ -25,10 +26,13 @@ def markdown_table(results: dict[str, dict[str, dict]], main: dict[str, str]) ->
     return "\n".join(lines)
 
 
-def write_report(directory: Path, results: dict[str, dict[str, dict]], main: dict[str, str], notes: str) -> str:
-    """Write the three files into ``directory``; returns the markdown table."""
+def write_report(directory: Path, results: dict[str, dict[str, dict]], main: dict[str, str], types: dict[str, str],
+                 notes: str) -> str:
+    """Write the four files into ``directory``; returns the markdown table."""
     table = markdown_table(results, main)
     (directory / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    (directory / "tasks.json").write_text(json.dumps(
+        {task: {"type": types[task], "main_score": metric} for task, metric in main.items()}, indent=2))
     (directory / "report.md").write_text(f"# bg2vec evaluation\n\nMain score of each task x 100.\n\n{table}\n\n"
                                          f"{notes}\n")
     _plot(directory / "report.png", main_scores(results, main), list(main))

@@ -52,6 +52,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
     results: dict[str, dict[str, dict]] = {}
     main = {task.spec.name: task.main_score for task in tasks}
+    types = {task.spec.name: task.spec.type for task in tasks}
     for spec in specs:
         started = time.perf_counter()
         encode = _cached(load_encoder(spec, batch_size=cfg.batch_size, max_length=cfg.max_length,
@@ -61,14 +62,14 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         del encode
         gc.collect()
     if cfg.mteb.enabled:
-        _run_mteb(cfg, specs[-1] if cfg.model is None else ModelSpec("model", cfg.model), results, main)
+        _run_mteb(cfg, specs[-1] if cfg.model is None else ModelSpec("model", cfg.model), results, main, types)
 
     staging = Path(tempfile.mkdtemp(prefix="bg2vec-eval-"))
     try:
         notes = ("Tasks:\n\n" + "".join(f"- {t.spec.name} ({t.spec.type}, {len(t.texts)} texts"
                                           f"{': ' + t.note if t.note else ''})\n" for t in tasks)
                  + "\nMetrics follow MTEB's definitions (bg2vec.evaluation.metrics).")
-        table = write_report(staging, results, main, notes)
+        table = write_report(staging, results, main, types, notes)
         publish_dir(staging, cfg.output, last=RESULTS_NAME)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -88,7 +89,7 @@ def _cached(encode):
     return cached
 
 
-def _run_mteb(cfg: EvaluateConfig, spec: ModelSpec, results: dict, main: dict) -> None:
+def _run_mteb(cfg: EvaluateConfig, spec: ModelSpec, results: dict, main: dict, types: dict) -> None:
     from bg2vec.evaluation.mteb_adapter import run_mteb
     from bg2vec.modeling.encoder import Bg2Vec
 
@@ -97,3 +98,4 @@ def _run_mteb(cfg: EvaluateConfig, spec: ModelSpec, results: dict, main: dict) -
                                  batch_size=cfg.batch_size).items():
         results.setdefault(spec.name, {})[f"MTEB {task}"] = scores
         main[f"MTEB {task}"] = "main_score"
+        types[f"MTEB {task}"] = "mteb"

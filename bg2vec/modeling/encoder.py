@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,8 +145,7 @@ class Bg2Vec:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
-        sequences = build_sequences(self.tokenizer, texts, instruction=instruction, max_length=self.config.max_length,
-                                    add_bos=True, add_eos=self.config.pooling == "last")
+        sequences = self._sequences(texts, instruction, self.config.max_length)
         order = sorted(range(len(texts)), key=lambda i: -len(sequences[i].ids))
         pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
         device = next(self.model.parameters()).device
@@ -164,6 +164,15 @@ class Bg2Vec:
                 embeddings = F.normalize(embeddings, dim=-1)
             out[chosen] = embeddings.cpu().numpy()
         return out
+
+    def token_counts(self, sentences, instruction: str | None = None) -> list[int]:
+        """Tokens each text takes as ``encode``'s input before truncation to ``max_length`` (special and
+        instruction tokens included): over ``max_length`` means ``encode`` truncates it."""
+        return [len(s.ids) for s in self._sequences(_as_texts(sentences), instruction, max_length=sys.maxsize)]
+
+    def _sequences(self, texts: list[str], instruction: str | None, max_length: int):
+        return build_sequences(self.tokenizer, texts, instruction=instruction, max_length=max_length,
+                               add_bos=True, add_eos=self.config.pooling == "last")
 
     def save(self, directory: str | Path) -> None:
         """Write the directory layout of the contract (safetensors only; adapters loadable by peft)."""

@@ -37,7 +37,7 @@ from bg2vec.modeling.encoder import EncoderConfig, write_encoder_files
 from bg2vec.modeling.pooling import pool
 from bg2vec.objectives.mntp import MaskedNextTokenModel, MNTPMasker, add_mask_token, mask_token_id
 from bg2vec.objectives.simcse import distributed_simcse_loss
-from bg2vec.storage import localize
+from bg2vec.storage import localize, redact
 from bg2vec.training.adapters import gathered_lora_state, save_adapter
 from bg2vec.training.config import TINY_PREFIX, MNTPConfig, SimCSEConfig, TrainConfig
 from bg2vec.training.data import BlocksCollator, TextCollator
@@ -400,8 +400,8 @@ class StageRecipe:
 
     def _write_output(self, state: dict, staging: Path) -> None:
         cfg = self.cfg
-        hyper = {"steps": cfg.max_steps, "global_batch_size": cfg.global_batch_size, "lr": cfg.optim.lr,
-                 "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha}
+        hyper = {"data": redact(cfg.data), "steps": cfg.max_steps, "global_batch_size": cfg.global_batch_size,
+                 "lr": cfg.optim.lr, "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha}
         if self.stage == "mntp":
             base, stages = self.resolved["base"], []
             if self.tiny_base is not None:

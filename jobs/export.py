@@ -1,0 +1,42 @@
+"""Export a trained encoder as a sentence-transformers folder with a model card (loadable without bg2vec).
+
+    # the embedded default: the demo's encoder (make demo) with its evaluation in the card
+    python jobs/export.py --config configs/tiny/export.yaml model=runs/demo/simcse output=runs/demo/export
+
+    # a trained BgGPT encoder, bfloat16, uploaded to the Hub (token from HF_TOKEN or `hf auth login`)
+    python jobs/export.py --config configs/bggpt-7b/export.yaml model=/mnt/models/bg2vec-7b \\
+        output=/mnt/models/bg2vec-7b-st push_to_hub=my-org/bg2vec-7b
+
+Then, in any Python without bg2vec: ``SentenceTransformer("runs/demo/export").encode(["текст"])``.
+"""
+
+from bg2vec.cli import run_job
+from bg2vec.export.config import ExportConfig
+
+
+def main(cfg: ExportConfig) -> str:
+    import torch
+
+    from bg2vec._compat import deepspeed_cpu_accelerator
+
+    if not torch.cuda.is_available():
+        deepspeed_cpu_accelerator()  # peft imports DeepSpeed, which would warn that it found no GPU
+    from bg2vec.export.folder import export
+
+    print(f"[export] merging {cfg.model}'s adapters into its base and writing {cfg.output}", flush=True)
+    summary = export(cfg)
+    check = summary["verification"]
+    checked = (f"sentence-transformers gives the encoder's embeddings (max difference {check['max_abs_diff']:.1e}, "
+               f"{check['texts']} texts, padding {' and '.join(check['padding'])})" if check
+               else "not checked with sentence-transformers (not installed)")
+    lines = [f"exported {cfg.output}: {' -> '.join(summary['modules'])}, {summary['pooling']} pooling, "
+             f"dimension {summary['dimension']}, {summary['dtype']}",
+             f"  check: {checked}",
+             f"  model card: {cfg.output}/README.md"]
+    if "hub_url" in summary:
+        lines.append(f"  uploaded: {summary['hub_url']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_job(ExportConfig, main, __doc__)
