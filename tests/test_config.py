@@ -16,16 +16,17 @@ from bg2vec.errors import ConfigError
 from bg2vec.evaluation.config import EvaluateConfig
 from bg2vec.export.config import ExportConfig
 from bg2vec.planning import PlanConfig
+from bg2vec.serving.config import ServeConfig
 from bg2vec.training.config import MNTPConfig, SimCSEConfig
 from bg2vec.tuning import TuneConfig
 from conftest import REPO
 
 # Every YAML under configs/<preset>/ is named after its stage; a new stage registers its class here.
 STAGE_CONFIGS = {"prepare": PrepareConfig, "mntp": MNTPConfig, "simcse": SimCSEConfig, "evaluate": EvaluateConfig,
-                 "tune": TuneConfig, "plan": PlanConfig, "embed": EmbedConfig,
+                 "tune": TuneConfig, "plan": PlanConfig, "embed": EmbedConfig, "serve": ServeConfig,
                  "search": SearchConfig, "export": ExportConfig}
 REQUIRED_OVERRIDES = {"prepare": ["output=/tmp/out"], "mntp": [], "simcse": [], "evaluate": [], "tune": [],
-                      "plan": [], "embed": [], "search": ["query=столица"], "export": []}
+                      "plan": [], "embed": [], "search": ["query=столица"], "serve": [], "export": []}
 
 
 @pytest.mark.parametrize("path", sorted(REPO.glob("configs/*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")

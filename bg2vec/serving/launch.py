@@ -1,0 +1,99 @@
+"""Deploying the embeddings application on Ray Serve, and serving it until the job is stopped."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+from bg2vec import console
+from bg2vec.errors import Bg2VecError
+from bg2vec.serving.config import ALIAS, ServeConfig
+from bg2vec.storage import absolute, exists, redact, resolve
+
+SERVE_LOG_TO_STDERR = "RAY_SERVE_LOG_TO_STDERR"
+"""Serve's controller, proxy and replicas log every deployment step and request (access log) to
+stderr as well as to logs/serve/; Ray forwards their stderr to the driver's console. ``0`` keeps them
+in the files (and sends a replica's prints there too). Read when a Serve process imports ray.serve, so
+it has to be in a local Ray's environment before Ray starts. Checked on ray 2.60.0
+(serve/_private/constants.py, logging_utils.py: configure_component_logger)."""
+
+
+def prepare(cfg: ServeConfig) -> tuple[str, float]:
+    """Check the model, start or join Ray; returns (the model as replicas address it, GPUs per replica)."""
+    import ray
+
+    from bg2vec.ray_utils import init_ray
+
+    fs, path = resolve(cfg.model)
+    if exists(fs, path):
+        model = absolute(cfg.model)  # replicas do not run in this directory
+    elif "://" in cfg.model or cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1:
+        raise Bg2VecError(f"model {redact(cfg.model)} does not exist; pass model= a trained bg2vec directory "
+                          f"(e.g. runs/demo/simcse from make demo) or a base LLM's hub id")
+    else:
+        model = cfg.model  # a hub id
+    cfg.resolve_api_key()  # a missing key variable stops the job before Ray starts
+    if not console.verbose():
+        os.environ.setdefault(SERVE_LOG_TO_STDERR, "0")
+    init_ray(cfg.ray_address)
+    gpus = cfg.gpus_per_replica
+    if gpus is None:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
+    return model, gpus
+
+
+def deploy(cfg: ServeConfig) -> str:
+    """Start Serve on cfg.host:cfg.port (unless it runs already) and deploy the application there; returns
+    the API's base URL, ending in /v1 (what OpenAI clients take as base_url)."""
+    from ray import serve
+
+    from bg2vec.serving.app import application
+
+    model, gpus = prepare(cfg)
+    if not console.verbose():
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's own Serve lines
+    scaling = (f"{cfg.min_replicas}-{cfg.max_replicas} replicas (autoscaling, {cfg.target_ongoing_requests:g} "
+               f"requests in flight each)" if cfg.autoscaling else f"{cfg.num_replicas} replica(s)")
+    print(f"deploying {cfg.name} from {redact(cfg.model)}: {scaling} of {cfg.cpus_per_replica:g} CPU and {gpus:g} "
+          f"GPU, batches of up to {cfg.max_batch_size} inputs ({cfg.batch_wait_timeout_s * 1000:g} ms wait)",
+          flush=True)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    try:
+        serve.run(application(cfg, model, gpus), name=cfg.name, route_prefix=cfg.route_prefix)
+    except RuntimeError as e:  # a replica failed to start (Serve's message holds the replica's error)
+        serve.delete(cfg.name)
+        raise Bg2VecError(f"the application {cfg.name} failed to deploy: {e}") from None
+    prefix = "" if cfg.route_prefix == "/" else cfg.route_prefix
+    return f"http://{cfg.host}:{cfg.port}{prefix}/v1"
+
+
+def serve_until_stopped(cfg: ServeConfig) -> str:
+    """jobs/serve.py: deploy, then serve until SIGINT or SIGTERM (Ctrl-C, ``ray job stop``, a container
+    stop); then remove the application (a local Ray this process started ends with it)."""
+    from ray import serve
+
+    url = deploy(cfg)
+    # SIGTERM stops like Ctrl-C, cleaning up on the way out. Installed after Ray started: ray.init sets its
+    # own handler (sys.exit) and Ray's core arms a 3 s abort on SIGTERM (abseil's failure signal handler),
+    # which killed the job (SIGABRT) midway through Serve's shutdown; Python's handler replaces both.
+    # Checked on ray 2.60.0 (_private/worker.py: init; ray-project/ray#64830).
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        prefix = "" if cfg.route_prefix == "/" else cfg.route_prefix
+        aliases = f" (or {ALIAS})" if cfg.name != ALIAS else ""
+        key = "; clients send Authorization: Bearer <api key>" if cfg.api_key or cfg.api_key_env else ""
+        print(f"serving {cfg.name} at {url} (POST {prefix}/v1/embeddings, GET {prefix}/v1/models, "
+              f"GET {prefix}/health) as model {cfg.name}{aliases}{key}; Ctrl-C stops it", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.delete(cfg.name)  # other applications on a cluster keep running
+    return f"stopped serving {cfg.name}"
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
