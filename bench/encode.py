@@ -45,6 +45,16 @@ def corpus() -> list[str]:
     return texts
 
 
+def write_small_model(model_dir: str, tokenizer) -> None:
+    """The benches' encoder: a random-weight Mistral of 4 layers, hidden 256, with ``tokenizer`` (real
+    tokenisation, a forward pass a CPU runs in milliseconds)."""
+    torch.manual_seed(0)
+    config = tiny_config("mistral", len(tokenizer), hidden_size=256, intermediate_size=1024,
+                         num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
+    AutoModel.from_config(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+
 def main() -> None:
     texts = corpus()
     tokenizer = AutoTokenizer.from_pretrained(SHARED / "data/tokenizers/mistral-7b-instruct-v0.3")
@@ -52,11 +62,7 @@ def main() -> None:
     tokenizer.chat_template = None  # sentence-transformers 6 renders it at load and fails on Mistral's
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     with tempfile.TemporaryDirectory() as model_dir:
-        torch.manual_seed(0)
-        config = tiny_config("mistral", len(tokenizer), hidden_size=256, intermediate_size=1024,
-                             num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
-        AutoModel.from_config(config).save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        write_small_model(model_dir, tokenizer)
         ours = Bg2Vec.from_pretrained(model_dir, pooling="mean", max_length=MAX_LENGTH, device="cpu")
         transformer = models.Transformer(model_dir, max_seq_length=MAX_LENGTH)
         theirs = SentenceTransformer(modules=[transformer, models.Pooling(256, "mean")], device="cpu")

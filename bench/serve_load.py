@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import openai
 import torch
-from transformers import AutoModel, AutoTokenizer
+from encode import write_small_model  # bench/ is the script's directory, first on sys.path
+from transformers import AutoTokenizer
 
 from bg2vec import Bg2Vec
-from bg2vec.modeling.tiny import tiny_config
 from bg2vec.ray_utils import free_port
 from bg2vec.serving.config import ServeConfig
 
@@ -93,11 +93,7 @@ def main() -> None:
     cpus = os.cpu_count()
     torch.set_num_threads(1)  # as the replica's
     with tempfile.TemporaryDirectory() as model_dir:
-        torch.manual_seed(0)
-        config = tiny_config("mistral", len(tokenizer), hidden_size=256, intermediate_size=1024,
-                             num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
-        AutoModel.from_config(config).save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        write_small_model(model_dir, tokenizer)
         encoder = Bg2Vec.from_pretrained(model_dir, device="cpu")
         encoder.encode(texts[:BATCH], batch_size=BATCH)  # warm
         rows = {"in-process encode, 1 text per call": in_process(encoder, texts)}

@@ -69,7 +69,9 @@ def test_served_name_and_key_sources(monkeypatch):
 @pytest.fixture(scope="module")
 def encoder_dir(mistral_tokenizer_dir, tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(mistral_tokenizer_dir)
-    return write_trained_encoder(tmp_path_factory.mktemp("encoder"), tokenizer, max_length=MAX_LENGTH)
+    # a folder named encoder0 whatever other modules' fixtures made before: the served name is the folder's
+    return write_trained_encoder(tmp_path_factory.mktemp("serve", numbered=False) / "encoder0", tokenizer,
+                                 max_length=MAX_LENGTH)
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,14 @@ rescore its candidates with the float query, as sentence-transformers' ``semanti
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import math
 import os
 import posixpath
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -42,7 +42,7 @@ from bg2vec.embedding.quantization import (
     unpack_binary,
 )
 from bg2vec.errors import Bg2VecError
-from bg2vec.storage import child, exists, join, localize, redact, resolve, write_bytes_atomic
+from bg2vec.storage import child, exists, join, localize, redact, resolve, temporary_sibling, write_bytes_atomic
 
 FORMAT = "bg2vec-index-v1"
 FLAT_UP_TO, HNSW_UP_TO = 50_000, 5_000_000  # kind auto: exact search is fast enough below, HNSW's graph above
@@ -105,32 +105,16 @@ def faiss_input(precision: str, vectors: np.ndarray, ranges: np.ndarray | None) 
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def build_faiss_index(precision: str, kind: str, batches: Callable[[], Iterator[np.ndarray]], passages: int,
-                      dimension: int, cfg: IndexConfig, ranges: np.ndarray | None):
-    """A faiss index of ``precision`` over the float vectors that ``batches()`` yields (called once, or
-    twice for IVF: a strided training sample first)."""
-    bits = 8 * math.ceil(dimension / 8)  # packbits pads with zero bits, equal in every vector
-    index = new_faiss_index(precision, kind, bits if precision == "binary" else dimension, cfg, passages)
-    if not index.is_trained:
-        stride = max(1, passages // (TRAIN_PER_LIST * ivf_lists(cfg, passages)))
-        sample, seen = [], 0
-        for batch in batches():
-            sample.append(batch[(-seen) % stride::stride])
-            seen += len(batch)
-        index.train(faiss_input(precision, np.concatenate(sample), ranges))
-    for batch in batches():
-        index.add(faiss_input(precision, batch, ranges))
-    return index
-
-
-def _write_local(fs: pafs.FileSystem, path: str, write: Callable[[str], None]) -> None:
-    """Write ``path`` through a local file (faiss and numpy write local files only), atomically: a
-    temporary sibling renamed locally; on object stores an upload, published only once complete."""
+@contextlib.contextmanager
+def _local_file(fs: pafs.FileSystem, path: str) -> Iterator[str]:
+    """A local file to write ``path`` through (faiss and numpy write local files only), published
+    atomically when the block ends without an error: a temporary sibling renamed locally, an upload on
+    object stores (an object appears only once complete)."""
     fs.create_dir(posixpath.dirname(path), recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
-        staged = f"{path}.tmp-{uuid.uuid4().hex}"
+        staged = temporary_sibling(fs, path)
         try:
-            write(staged)
+            yield staged
             os.replace(staged, path)
         finally:
             if os.path.exists(staged):
@@ -138,7 +122,7 @@ def _write_local(fs: pafs.FileSystem, path: str, write: Callable[[str], None]) -
         return
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, posixpath.basename(path))
-        write(local)
+        yield local
         pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
@@ -203,43 +187,68 @@ def build_index(fs: pafs.FileSystem, root: str, cfg: IndexConfig, shards: list[t
         print(f"  index/{name}: {what}, {_size(fs.get_file_info(join(folder, name)).size)} ({seconds:.1f} s)",
               flush=True)
 
+    missing = [name for name in plan if not exists(fs, join(folder, name))]
+    # One read of the vectors for what needs all of them first (int8's ranges, IVF's training sample), one
+    # more that writes every missing code file and fills every missing index at once.
     ranges = None
-    for name in plan:
-        path = join(folder, name)
-        if name == "quantization.json":
-            if not exists(fs, path):
-                t = time.perf_counter()
-                ranges = calibration_ranges(np.vstack([calibration_ranges(b) for b in batches()]))  # of every shard's
-                write_bytes_atomic(fs, path, json.dumps({
-                    "precision": "int8", "buckets": 256, "calibration": f"min and max of all {passages} vectors",
-                    "ranges": ranges.tolist()}).encode())
-                done(name, "int8 ranges per dimension", time.perf_counter() - t)
-            ranges = np.asarray(_read_json(fs, path)["ranges"], dtype=np.float32)
-        elif exists(fs, path):
-            continue
-        elif name.endswith(".npy"):
-            t = time.perf_counter()
-            binary = name == "binary.npy"
-            shape = (passages, math.ceil(dimension / 8) if binary else dimension)
-
-            def write_codes(local: str, binary=binary, shape=shape, ranges=ranges) -> None:
-                codes = np.lib.format.open_memmap(local, mode="w+", dtype=np.uint8 if binary else np.int8, shape=shape)
-                start = 0
-                for batch in batches():
-                    codes[start:start + len(batch)] = quantize_binary(batch) if binary else quantize_int8(batch, ranges)
-                    start += len(batch)
-                codes.flush()
-                del codes
-
-            _write_local(fs, path, write_codes)
-            done(name, f"{shape[0]} x {shape[1]} {'packed bits' if binary else 'int8'}", time.perf_counter() - t)
-        else:
-            t = time.perf_counter()
-            precision = name.removesuffix(".faiss")
-            index = build_faiss_index(precision, kind, batches, passages, dimension, cfg, ranges)
-            write = _faiss().write_index_binary if precision == "binary" else _faiss().write_index
-            _write_local(fs, path, lambda local, index=index, write=write: write(index, local))
-            done(name, f"{kind}, {index.ntotal} vectors", time.perf_counter() - t)
+    calibrate = "quantization.json" in missing
+    train = kind == "ivf" and any(name.endswith(".faiss") for name in missing)
+    sample = []
+    if calibrate or train:
+        stride = max(1, passages // (TRAIN_PER_LIST * ivf_lists(cfg, passages)))  # IVF: TRAIN_PER_LIST per list
+        t, seen, partial = time.perf_counter(), 0, []
+        for batch in batches():
+            if calibrate:
+                partial.append(calibration_ranges(batch))
+            if train:
+                sample.append(batch[(-seen) % stride::stride])
+            seen += len(batch)
+        if calibrate:
+            write_bytes_atomic(fs, join(folder, "quantization.json"), json.dumps({
+                "precision": "int8", "buckets": 256, "calibration": f"min and max of all {passages} vectors",
+                "ranges": calibration_ranges(np.vstack(partial)).tolist()}).encode())
+            done("quantization.json", "int8 ranges per dimension", time.perf_counter() - t)
+    if "int8" in cfg.precisions:
+        ranges = np.asarray(_read_json(fs, join(folder, "quantization.json"))["ranges"], dtype=np.float32)
+    builds = [name for name in missing if name != "quantization.json"]
+    if builds:
+        t = time.perf_counter()
+        bits = 8 * math.ceil(dimension / 8)  # packbits pads with zero bits, equal in every vector
+        with contextlib.ExitStack() as files:
+            local = {name: files.enter_context(_local_file(fs, join(folder, name))) for name in builds}
+            codes, indexes = {}, {}
+            for name in builds:
+                precision = name.rsplit(".", 1)[0]
+                if name.endswith(".npy"):
+                    shape = (passages, bits // 8) if precision == "binary" else (passages, dimension)
+                    codes[name] = np.lib.format.open_memmap(local[name], mode="w+", shape=shape,
+                                                            dtype=np.uint8 if precision == "binary" else np.int8)
+                else:
+                    index = new_faiss_index(precision, kind, bits if precision == "binary" else dimension, cfg,
+                                            passages)
+                    if not index.is_trained:
+                        index.train(faiss_input(precision, np.concatenate(sample), ranges))
+                    indexes[name] = index
+            start = 0
+            for batch in batches():
+                for name, array in codes.items():
+                    array[start:start + len(batch)] = (quantize_binary(batch) if name == "binary.npy"
+                                                       else quantize_int8(batch, ranges))
+                for name, index in indexes.items():
+                    index.add(faiss_input(name.rsplit(".", 1)[0], batch, ranges))
+                start += len(batch)
+            for array in codes.values():
+                array.flush()
+            codes.clear()  # closes the memory maps before the files are published
+            for name, index in indexes.items():
+                write = _faiss().write_index_binary if name == "binary.faiss" else _faiss().write_index
+                write(index, local[name])
+        seconds = time.perf_counter() - t
+        for name in builds:
+            what = (f"{kind}, {indexes[name].ntotal} vectors" if name in indexes else
+                    f"{passages} x {bits // 8 if name == 'binary.npy' else dimension} "
+                    f"{'packed bits' if name == 'binary.npy' else 'int8'}")
+            done(name, what, seconds)
     offsets = np.cumsum([0] + [n for _, n in shards]).tolist()
     files = {name: fs.get_file_info(join(folder, name)).size for name in plan}
     manifest = {

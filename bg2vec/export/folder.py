@@ -65,8 +65,9 @@ def export(cfg: ExportConfig) -> dict:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; the folder is as readable as any new one
+        reference = encoder.encode(PROBES)  # in float32, before the weights are cast to cfg.dtype
         summary = write_folder(encoder, staging, cfg)
-        summary["verification"] = verify(staging, encoder, cfg)
+        summary["verification"] = verify(staging, reference, cfg)
         write_card(staging, encoder, cfg, summary)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -84,7 +85,6 @@ def write_folder(encoder: Bg2Vec, folder: Path, cfg: ExportConfig) -> dict:
     """The merged model, the tokenizer and the sentence-transformers modules in ``folder``."""
     config = encoder.config
     encoder.model.to(DTYPES[cfg.dtype]).save_pretrained(folder)  # the config carries is_causal
-    encoder.model.to(torch.float32)
     tokenizer = _encoder_tokenizer(encoder)
     tokenizer.save_pretrained(folder)
     _check_tokenizer(AutoTokenizer.from_pretrained(folder), encoder)
@@ -169,14 +169,14 @@ def _write_word_weights(folder: Path, tokenizer) -> None:
     save_file({"emb_layer.weight": weights}, str(folder / "model.safetensors"))
 
 
-def verify(folder: Path, encoder: Bg2Vec, cfg: ExportConfig) -> dict | None:
+def verify(folder: Path, ours: np.ndarray, cfg: ExportConfig) -> dict | None:
     """Load the folder with sentence-transformers (when installed) and compare its embeddings of the
-    probe texts, padded left and right, with the encoder's; a float32 export must agree to 1e-4."""
+    probe texts, padded left and right, with the float32 encoder's (``ours``); a float32 export must
+    agree to 1e-4."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
         return None
-    ours = encoder.encode(PROBES)
     model = SentenceTransformer(str(folder), device="cpu", local_files_only=True,
                                 model_kwargs={"dtype": torch.float32})
     worst = 0.0

@@ -102,6 +102,11 @@ class ServeConfig:
             return self.served_name
         return self.model.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or self.model
 
+    @property
+    def path_prefix(self) -> str:
+        """What the routes' paths start with: route_prefix, or nothing at the root."""
+        return "" if self.route_prefix == "/" else self.route_prefix
+
     def resolve_api_key(self) -> str | None:
         """The key clients must send, from api_key or the environment variable api_key_env names."""
         if self.api_key_env is None:

@@ -65,8 +65,7 @@ def deploy(cfg: ServeConfig) -> str:
     except RuntimeError as e:  # a replica failed to start (Serve's message holds the replica's error)
         serve.delete(cfg.name)
         raise Bg2VecError(f"the application {cfg.name} failed to deploy: {e}") from None
-    prefix = "" if cfg.route_prefix == "/" else cfg.route_prefix
-    return f"http://{cfg.host}:{cfg.port}{prefix}/v1"
+    return f"http://{cfg.host}:{cfg.port}{cfg.path_prefix}/v1"
 
 
 def serve_until_stopped(cfg: ServeConfig) -> str:
@@ -81,7 +80,7 @@ def serve_until_stopped(cfg: ServeConfig) -> str:
     # Checked on ray 2.60.0 (_private/worker.py: init; ray-project/ray#64830).
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        prefix = "" if cfg.route_prefix == "/" else cfg.route_prefix
+        prefix = cfg.path_prefix
         aliases = f" (or {ALIAS})" if cfg.name != ALIAS else ""
         key = "; clients send Authorization: Bearer <api key>" if cfg.api_key or cfg.api_key_env else ""
         print(f"serving {cfg.name} at {url} (POST {prefix}/v1/embeddings, GET {prefix}/v1/models, "
