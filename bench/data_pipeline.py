@@ -2,7 +2,7 @@
 
     python bench/data_pipeline.py                  # everything, about 15 minutes on 2 cores
     python bench/data_pipeline.py --skip-scaling   # without the Ray Data runs
-    python bench/data_pipeline.py --only-scaling   # just the Ray Data runs (about 12 minutes)
+    python bench/data_pipeline.py --only-scaling   # just the Ray Data runs (about 15 minutes)
 
 Inputs: the real English Wikipedia excerpt in ../shared (or $BG2VEC_SHARED), and a >= 50 MB
 multistream dump built from it (its pages replicated with new ids, cached under ~/.cache/bg2vec).
@@ -10,8 +10,10 @@ multistream dump built from it (its pages replicated with new ids, cached under 
 1. cleaning speed per core, ours vs WikiExtractor 3.1.0 with templates not expanded (its
    --no-templates mode), on the same pages in the same process, best of several interleaved runs;
 2. markup residue (bg2vec.data.residue) of both on the pages both keep;
-3. Ray Data scaling of the whole prepare job, 1 vs 2 CPUs (fresh local Ray each, same dump), with
-   cleaning fused into the read tasks (the pipeline's choice for many-range dumps) and apart;
+3. Ray Data scaling of the whole prepare job, 1 vs 2 CPUs (fresh local Ray each, same dump; the
+   1-CPU run also pinned to one core, as Ray's own processes otherwise use the second), with
+   each pass fused into one task per range or file (the pipeline's choice for many-range dumps)
+   and with separate clean/tokenise/write tasks (its choice for few ranges);
 4. tokenise+pack tokens/s vs the bare fast tokenizer's batch encode, one core each.
 Targets: cleaning >= 1.0x WikiExtractor with residue no higher; 2 CPUs >= 1.7x one; tokenise+pack
 >= 0.8x the bare tokenizer.
@@ -25,6 +27,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,41 +114,48 @@ def _residue_bench(excerpt: list[dict], cleaned: list) -> None:
            ["cleaner", "residue", "output chars", "kinds"], rows)
 
 
-# The cleaning placements compared: the pipeline's own rule, and cleaning always in separate tasks
-# (the pipeline before fusing; FUSE_RANGES_PER_CPU = inf restores it).
-VARIANTS = {"fused (bg2vec)": "2", "separate clean tasks": "inf"}
+# The placements compared: the pipeline's own rule for this dump (fused passes), and separate tasks
+# for each operator (its rule for few ranges; FUSE_RANGES_PER_CPU = inf forces it).
+VARIANTS = {"fused passes": "2", "separate tasks": "inf"}
+
+
+# The machines compared: one Ray CPU with the whole machine around it (Ray's control plane, the
+# driver and zero-CPU writes then run on the other core: the baseline the issue measured), the same
+# pinned to one core with taskset (what one core does alone), and two Ray CPUs on two cores.
+MACHINES = {"1 CPU": (1, False), "1 CPU, 1 core": (1, True), "2 CPUs": (2, False)}
 
 
 def _scaling_bench(dumps: dict[int, Path], reps: int) -> None:
-    """The whole prepare job at 1 and 2 CPUs (fresh local Ray per run, best of ``reps``, the
-    variants' runs alternated so that load changes hit all alike), on two dump sizes: their
-    difference is the steady-state throughput, free of the job's fixed costs (worker start-up,
-    loading the tokenizer, stage hand-over), which a real dump makes negligible."""
-    best: dict[tuple[str, int, int], dict] = {}
+    """The whole prepare job on each machine shape (fresh local Ray per run, best of ``reps``, the
+    runs alternated so that load changes hit all alike), on two dump sizes: their difference is the
+    steady-state throughput, free of the job's fixed costs (starting Ray's workers, loading the
+    tokenizer, planning), which a real dump makes negligible."""
+    machines = {k: v for k, v in MACHINES.items() if not v[1] or shutil.which("taskset")}
+    best: dict[tuple[str, int, str], dict] = {}
     for _ in range(reps):
         for copies, dump in dumps.items():
-            for cpus in (1, 2):
+            for machine, (cpus, pinned) in machines.items():
                 for variant, fuse in VARIANTS.items():
-                    run = _scaling(cpus, dump, fuse)
-                    key = (variant, copies, cpus)
+                    run = _scaling(cpus, dump, fuse, pinned)
+                    key = (variant, copies, machine)
                     if key not in best or run["seconds"] < best[key]["seconds"]:
                         best[key] = run
     small, large = sorted(dumps)
+    base = "1 CPU, 1 core" if "1 CPU, 1 core" in machines else "1 CPU"
     rows = []
     for variant in VARIANTS:
         for copies in (small, large):
-            for cpus in (1, 2):
-                r = best[variant, copies, cpus]
-                rows.append([variant, f"x{copies}", cpus, f"{r['seconds']:.1f}", r["pages"],
+            for machine in machines:
+                r = best[variant, copies, machine]
+                rows.append([variant, f"x{copies}", machine, f"{r['seconds']:.1f}", r["pages"],
                              f"{r['pages'] / r['seconds']:.0f}",
-                             f"{best[variant, copies, 1]['seconds'] / r['seconds']:.2f}x"])
-        marginal = {cpus: (best[variant, large, cpus]["pages"] - best[variant, small, cpus]["pages"])
-                    / (best[variant, large, cpus]["seconds"] - best[variant, small, cpus]["seconds"])
-                    for cpus in (1, 2)}
-        rows += [[variant, f"x{large} - x{small}", cpus, "", "", f"{marginal[cpus]:.0f}",
-                  f"{marginal[cpus] / marginal[1]:.2f}x"] for cpus in (1, 2)]
+                             f"{best[variant, copies, base]['seconds'] / r['seconds']:.2f}x"])
+        marginal = {m: (best[variant, large, m]["pages"] - best[variant, small, m]["pages"])
+                    / (best[variant, large, m]["seconds"] - best[variant, small, m]["seconds"]) for m in machines}
+        rows += [[variant, f"x{large} - x{small}", m, "", "", f"{marginal[m]:.0f}",
+                  f"{marginal[m] / marginal[base]:.2f}x"] for m in machines]
     _table(f"3. Ray Data scaling: the whole prepare job, best of {reps} (x{large} - x{small}: steady state)",
-           ["cleaning", "dump", "CPUs", "seconds", "pages kept", "pages/s", "speed-up vs 1 CPU"], rows)
+           ["placement", "dump", "machine", "seconds", "pages kept", "pages/s", f"speed-up vs {base}"], rows)
 
 
 def _articles(path: str, codec: str) -> list[dict]:
@@ -192,8 +202,9 @@ def _clean_wikiextractor(pages):
     return out
 
 
-def _scaling(cpus: int, dump: Path, fuse: str) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--scaling-run", str(cpus), str(dump), fuse],
+def _scaling(cpus: int, dump: Path, fuse: str, pinned: bool) -> dict:
+    command = [sys.executable, __file__, "--scaling-run", str(cpus), str(dump), fuse]
+    result = subprocess.run(["taskset", "-c", "0", *command] if pinned else command,
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 

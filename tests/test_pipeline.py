@@ -88,15 +88,21 @@ def test_tiny_preset_pages(tiny):
     assert sorted(p.name for p in (output / "pages").iterdir()) == manifest["files"]["pages"]
 
 
-def test_tiny_preset_blocks_hold_every_token_of_every_page(tiny):
-    output, manifest = tiny
+def documents(output) -> dict[str, list[list[int]]]:
+    """Each split's pages tokenised by hand with the saved tokenizer: BOS, title, text, EOS."""
     tok = AutoTokenizer.from_pretrained(output / "tokenizer")
-    assert len(tok) == 4000
     docs = {"train": [], "validation": []}
     for r in pages_table(output):
         ids = tok(f"{r['title']}\n\n{r['text']}", add_special_tokens=False)["input_ids"]
         docs[r["split"]].append([tok.bos_token_id, *ids, tok.eos_token_id])
-    for split, split_docs in docs.items():
+    return docs
+
+
+def test_tiny_preset_blocks_hold_every_token_of_every_page(tiny):
+    output, manifest = tiny
+    tok = AutoTokenizer.from_pretrained(output / "tokenizer")
+    assert len(tok) == 4000
+    for split, split_docs in documents(output).items():
         packed = blocks(output, split)
         assert packed.shape[1] == 128 and packed.shape[0] == manifest["counts"]["blocks"][split]
         all_tokens = [t for d in split_docs for t in d]
@@ -139,6 +145,20 @@ def test_multistream_dump_read_in_parallel_gives_the_same_pages(ray_local, tmp_p
     assert manifest["source"]["multistream_index"].endswith("-multistream-index.txt.bz2")
     assert manifest["source"]["read_ranges"] == 12
     assert pages_table(output) == pages_table(tiny[0])
+    # 12 ranges on 2 CPUs: both passes fused, a pages file per range that kept a page (unfused: one
+    # file, < 1,000 pages) and a shard per pages file (each dropping its own tail), yet the same
+    # documents and tokens as the single-range run
+    files = manifest["files"]
+    assert 4 <= len(files["pages"]) <= 12 and set(files["blocks/train"]) <= set(files["pages"])
+    counts, single = manifest["counts"], tiny[1]["counts"]
+    assert counts["documents_tokenized"] == single["documents_tokenized"]
+    assert counts["tokens"] == single["tokens"]
+    for split, split_docs in documents(output).items():
+        packed, dropped = blocks(output, split), counts["dropped_tokens"][split]
+        assert packed.size + dropped == counts["tokens"][split]
+        assert dropped < 128 * len(files["pages"])
+        missing = Counter(t for d in split_docs for t in d) - Counter(packed.reshape(-1).tolist())
+        assert sum(missing.values()) == dropped  # none invented or lost but the shards' tails
 
 
 def test_real_english_excerpt(ray_local, tmp_path, shared_dir, mistral_tokenizer_dir):

@@ -105,7 +105,8 @@ class PrepareConfig:
     range_mb: float = 32.0
     """Target size (MB of the dump file) of one parallel read task."""
     max_workers: int | None = None
-    """Upper bound on each actor pool (cleaning, tokenising); empty: all CPUs of the cluster."""
+    """Most cleaning and tokenising tasks running at once (the passes are then never fused); empty:
+    all CPUs of the cluster."""
     ray_address: str | None = None
     """Ray cluster to join (e.g. auto); empty: RAY_ADDRESS if set, else a new local Ray."""
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)

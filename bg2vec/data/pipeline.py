@@ -4,16 +4,20 @@ Stages (each one parallel across the cluster):
 
 1. read: :class:`WikipediaDumpDatasource`, one task per byte range of whole pages (pinned to the
    driver's node when the dump is a local file);
-2. clean: :func:`clean_pages`, fused into the read tasks when the dump has enough ranges to keep
-   every CPU busy (one task reads and cleans a range: no hand-over, no pages held between
-   operators), else separate tasks over batches of pages, so that a dump of few ranges (a
-   single-stream file) is still cleaned on every CPU;
+2. clean: :func:`clean_pages`;
 3. write pages: :class:`PagesDatasink` (kept pages; every page counted by skip reason);
-4. tokenise: an actor pool of :class:`TokenizeDocs`, each holding the tokenizer;
+4. tokenise: :func:`tokenize_docs` tasks, each worker process keeping the tokenizer it built;
 5. pack + write blocks: :class:`BlocksDatasink`.
 
-Writes (and re-reading the pages) declare no CPU: they are light, and must not wait behind
-actors that hold every CPU.
+When the dump has enough ranges to keep every CPU busy (``FUSE_RANGES_PER_CPU``), Ray Data fuses
+each pass into one task per unit: a task reads, cleans and writes one range (one pages file),
+then a task reads, tokenises, packs and writes one pages file. Nothing is handed between
+operators, and no task waits for a worker process to start (a separate zero-CPU write needs a
+worker of its own while the others clean: on a 2-core node those start-ups alone idled a CPU
+for ~5 s of a 20 s pass). With fewer ranges (a single-stream dump) cleaning and tokenising run
+as separate tasks over batches of pages, so that every CPU still works, and the writes collect
+at least 1,000 pages or documents per file; those writes (and re-reading the pages) declare no
+CPU, as they are light.
 
 ``manifest.json`` is written last and atomically; on any failure the partial output is removed.
 """
@@ -29,7 +33,7 @@ import uuid
 from collections import Counter
 
 import ray
-from ray.data import ActorPoolStrategy, DataContext
+from ray.data import DataContext
 from ray.data.expressions import col
 
 import bg2vec
@@ -43,17 +47,17 @@ from bg2vec.data.output_dir import PreparedDir
 from bg2vec.data.parquet_source import ParquetFilesDatasource
 from bg2vec.data.sinks import SPLITS, BlocksDatasink, PagesDatasink
 from bg2vec.data.sources import resolve_dump
-from bg2vec.data.stages import TokenizeDocs, clean_pages
+from bg2vec.data.stages import clean_pages, tokenize_docs
 from bg2vec.data.tokenization import load_tokenizer, train_bpe_tokenizer
 from bg2vec.errors import Bg2VecError, DumpError
-from bg2vec.ray_utils import init_ray, map_with_actor_pool, reraise_user_error
+from bg2vec.ray_utils import init_ray, reraise_user_error
 
 log = logging.getLogger(__name__)
 
 CLEAN_BATCH_PAGES = 32
 TOKENIZE_BATCH_DOCS = 64
-# Ranges per CPU from which reading and cleaning run as one task (see the module docstring): with
-# fewer, a CPU would idle at the end of the read.
+# Ranges (then pages files) per CPU from which each pass runs fused, one task per range or file (see
+# the module docstring): with fewer, a CPU would idle at the end of the pass.
 FUSE_RANGES_PER_CPU = 2
 BLOCK_BYTES = 4 << 20
 
@@ -90,8 +94,7 @@ def prepare(cfg: PrepareConfig) -> dict:
                                                     "trained": False}
             else:
                 tokenizer, tokenizer_info = _train_tokenizer(cfg, out, page_files)
-            actors = min(workers, max(1, kept // TOKENIZE_BATCH_DOCS))
-            blocks = _write_blocks(cfg, tokenizer, out, page_files, run_id, actors)
+            blocks = _write_blocks(cfg, tokenizer, out, page_files, run_id, workers)
         manifest = _manifest(cfg, source, siteinfo, len(ranges), pages, blocks, tokenizer_info,
                              time.time() - started)
         out.write_manifest(manifest)
@@ -130,20 +133,27 @@ def _small_blocks():
 def _write_pages(cfg: PrepareConfig, source, siteinfo, ranges, out: PreparedDir, run_id: str,
                  workers: int) -> dict:
     # A local dump exists on this node only: read it here (cleaning still spreads over the cluster).
-    pin = {f"node:{ray.util.get_node_ip_address()}": 0.001} if source.is_local else None
+    pin = {"resources": {f"node:{ray.util.get_node_ip_address()}": 0.001}} if source.is_local else {}
     datasource = WikipediaDumpDatasource(source.uri, source.codec, ranges, siteinfo.root_tag,
                                          source.display, cfg.salvage)
-    ds = ray.data.read_datasource(datasource, resources=pin, override_num_blocks=len(ranges))
-    # Ray Data fuses cleaning into the read tasks when it takes whole blocks (batch_size=None) with the
-    # read's resources; a batch size keeps them apart.
-    fuse = len(ranges) >= FUSE_RANGES_PER_CPU * workers
-    log.info("cleaning %s", "fused into the read tasks" if fuse else f"in tasks of {CLEAN_BATCH_PAGES} pages")
-    placement = {"batch_size": None, "resources": pin} if fuse else {"batch_size": CLEAN_BATCH_PAGES}
-    ds = ds.map_batches(clean_pages, **placement, batch_format="pyarrow",
+    ds = ray.data.read_datasource(datasource, **pin, override_num_blocks=len(ranges))
+    # Ray Data fuses operators that take whole blocks (batch_size=None, no minimum rows per write) with
+    # the same remote args and concurrency as the read (ray 2.60 fuses no read given a concurrency, so
+    # max_workers, which caps the tasks, keeps them apart).
+    fuse = cfg.max_workers is None and len(ranges) >= FUSE_RANGES_PER_CPU * workers
+    cap = {"concurrency": cfg.max_workers}
+    log.info("reading, cleaning and writing pages %s", "in one task per range" if fuse
+             else f"in tasks of {CLEAN_BATCH_PAGES} pages")
+    placement = {"batch_size": None, **pin} if fuse else {"batch_size": CLEAN_BATCH_PAGES}
+    ds = ds.map_batches(clean_pages, **placement, **cap, batch_format="pyarrow",
                         fn_kwargs={"cleaning": cfg.cleaning, "namespaces": siteinfo.namespaces,
                                    "validation_fraction": cfg.validation_fraction})
-    sink = PagesDatasink(out.pages_uri, run_id)
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    if fuse:
+        sink = PagesDatasink(out.pages_uri, run_id, min_rows=None)
+        ds.write_datasink(sink, ray_remote_args=pin)
+    else:
+        sink = PagesDatasink(out.pages_uri, run_id)
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
     totals: dict = {"kept": Counter(), "skipped": Counter(), "chars": 0, "truncations": [], "files": []}
     for result in sink.results:
         for key in totals:
@@ -174,14 +184,24 @@ def _write_blocks(cfg: PrepareConfig, tokenizer, out: PreparedDir, page_files: l
     tc = cfg.tokenizer
     bos = tokenizer.bos_token_id if tc.add_bos else None
     eos = tokenizer.eos_token_id if tc.add_eos else None
-    ds = ray.data.read_datasource(ParquetFilesDatasource(page_files, ["title", "text", "split"]),
-                                  num_cpus=0,  # I/O only; the tokenizer actors hold the CPUs
-                                  override_num_blocks=len(page_files))
-    ds = map_with_actor_pool(ds, TokenizeDocs, batch_size=TOKENIZE_BATCH_DOCS, batch_format="pyarrow",
-                             compute=ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
-                             fn_constructor_args=(tokenizer.backend_tokenizer.to_str(), bos, eos, tc.include_title))
-    sink = BlocksDatasink(out.blocks_uri, run_id, cfg.seq_len)
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    fuse = cfg.max_workers is None and len(page_files) >= FUSE_RANGES_PER_CPU * workers  # as in _write_pages
+    log.info("tokenising and packing %s", "in one task per pages file" if fuse
+             else f"in tasks of {TOKENIZE_BATCH_DOCS} documents")
+    source = ParquetFilesDatasource(page_files, ["title", "text", "split"])
+    stage = {"tokenizer_json": tokenizer.backend_tokenizer.to_str(), "bos": bos, "eos": eos,
+             "include_title": tc.include_title}
+    cap = {"concurrency": cfg.max_workers}
+    if fuse:
+        ds = ray.data.read_datasource(source, override_num_blocks=len(page_files))
+        ds = ds.map_batches(tokenize_docs, batch_size=None, batch_format="pyarrow", fn_kwargs=stage)
+        sink = BlocksDatasink(out.blocks_uri, run_id, cfg.seq_len, min_rows=None)
+        ds.write_datasink(sink)
+    else:
+        ds = ray.data.read_datasource(source, num_cpus=0, override_num_blocks=len(page_files))  # I/O only
+        ds = ds.map_batches(tokenize_docs, batch_size=TOKENIZE_BATCH_DOCS, **cap, batch_format="pyarrow",
+                            fn_kwargs=stage)
+        sink = BlocksDatasink(out.blocks_uri, run_id, cfg.seq_len)
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
     totals = {split: {"docs": 0, "tokens": 0, "blocks": 0, "dropped_tokens": 0, "files": []}
               for split in SPLITS}
     for result in sink.results:

@@ -68,14 +68,18 @@ class _CountingSink(Datasink):
 
 
 class PagesDatasink(_CountingSink):
-    """Writes kept pages to ``pages/``; counts every page by skip reason."""
+    """Writes kept pages to ``pages/``; counts every page by skip reason.
 
-    def __init__(self, pages_dir: str, run_id: str):
-        self.pages_dir, self.run_id = pages_dir, run_id
+    ``min_rows``: the fewest pages per file; None writes what each upstream task made, which lets Ray
+    Data fuse the write into that task.
+    """
+
+    def __init__(self, pages_dir: str, run_id: str, min_rows: int | None = PAGES_MIN_ROWS_PER_FILE):
+        self.pages_dir, self.run_id, self.min_rows = pages_dir, run_id, min_rows
 
     @property
-    def min_rows_per_write(self) -> int:
-        return PAGES_MIN_ROWS_PER_FILE
+    def min_rows_per_write(self) -> int | None:
+        return self.min_rows
 
     def write(self, blocks: Iterable[Block], ctx) -> dict:
         out, stats = None, {"kept": Counter(), "skipped": Counter(), "chars": 0, "truncations": [],
@@ -102,14 +106,18 @@ class PagesDatasink(_CountingSink):
 
 
 class BlocksDatasink(_CountingSink):
-    """Packs tokenised documents into ``blocks/<split>/`` files of ``seq_len``-token rows."""
+    """Packs tokenised documents into ``blocks/<split>/`` files of ``seq_len``-token rows.
 
-    def __init__(self, blocks_dir: str, run_id: str, seq_len: int):
-        self.blocks_dir, self.run_id, self.seq_len = blocks_dir, run_id, seq_len
+    ``min_rows``: the fewest documents per shard (each shard drops its last partial block per
+    split); None packs what each upstream task made, which lets Ray Data fuse the write into it.
+    """
+
+    def __init__(self, blocks_dir: str, run_id: str, seq_len: int, min_rows: int | None = DOCS_MIN_ROWS_PER_SHARD):
+        self.blocks_dir, self.run_id, self.seq_len, self.min_rows = blocks_dir, run_id, seq_len, min_rows
 
     @property
-    def min_rows_per_write(self) -> int:
-        return DOCS_MIN_ROWS_PER_SHARD
+    def min_rows_per_write(self) -> int | None:
+        return self.min_rows
 
     def write(self, blocks: Iterable[Block], ctx) -> dict:
         packers = {split: BlockPacker(self.seq_len) for split in SPLITS}

@@ -6,6 +6,7 @@ function it runs, and these import neither transformers nor torch (seconds of CP
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pyarrow as pa
@@ -48,14 +49,14 @@ def clean_pages(batch: pa.Table, *, cleaning: CleaningConfig, namespaces: dict[i
 
 
 class TokenizeDocs:
-    """Ray Data stage: pages -> token ids per document (BOS/EOS added), one tokenizer per actor.
+    """Pages -> token ids per document (BOS/EOS added).
 
-    The tokenizer travels as its JSON definition, so actors on any node build it without network
+    The tokenizer travels as its JSON definition, so workers on any node build it without network
     access or a shared filesystem.
     """
 
     def __init__(self, tokenizer_json: str, bos: int | None, eos: int | None, include_title: bool):
-        # One CPU per actor: parallelism comes from more actors, not from Rust threads fighting them.
+        # One CPU per task: parallelism comes from more tasks, not from Rust threads fighting them.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self.bos, self.eos, self.include_title = bos, eos, include_title
@@ -67,3 +68,16 @@ class TokenizeDocs:
         encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         ids = pa.array([e.ids for e in encodings], type=pa.list_(pa.int32()))
         return pa.table({"split": batch["split"], "input_ids": with_special_tokens(ids, self.bos, self.eos)})
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenize_stage(tokenizer_json: str, bos: int | None, eos: int | None, include_title: bool) -> TokenizeDocs:
+    return TokenizeDocs(tokenizer_json, bos, eos, include_title)
+
+
+def tokenize_docs(batch: pa.Table, *, tokenizer_json: str, bos: int | None, eos: int | None,
+                  include_title: bool) -> pa.Table:
+    """Ray Data stage: :class:`TokenizeDocs` in a task. Each worker process builds the tokenizer once
+    and keeps it (tasks, unlike an actor pool, reuse the workers that cleaned, and fuse with the
+    read and the write)."""
+    return _tokenize_stage(tokenizer_json, bos, eos, include_title)(batch)
