@@ -103,7 +103,8 @@ class PrepareConfig:
     seq_len: int = 512
     """Tokens per packed block."""
     range_mb: float = 32.0
-    """Target size (MB of the dump file) of one parallel read task."""
+    """Target size (MB of the dump file) of one parallel read task. With two ranges per CPU or more,
+    each pass runs fused, one task per range (faster; README, Speed)."""
     max_workers: int | None = None
     """Most cleaning and tokenising tasks running at once (the passes are then never fused); empty:
     all CPUs of the cluster."""
