@@ -45,7 +45,7 @@ from bg2vec.data.dump_ranges import plan_ranges, read_multistream_index
 from bg2vec.data.dump_reader import read_siteinfo
 from bg2vec.data.output_dir import PreparedDir
 from bg2vec.data.parquet_source import ParquetFilesDatasource
-from bg2vec.data.sinks import SPLITS, BlocksDatasink, PagesDatasink
+from bg2vec.data.sinks import DOCS_MIN_ROWS_PER_SHARD, PAGES_MIN_ROWS_PER_FILE, SPLITS, BlocksDatasink, PagesDatasink
 from bg2vec.data.sources import resolve_dump
 from bg2vec.data.stages import clean_pages, tokenize_docs
 from bg2vec.data.tokenization import load_tokenizer, train_bpe_tokenizer
@@ -142,8 +142,8 @@ def _write_pages(cfg: PrepareConfig, source, siteinfo, ranges, out: PreparedDir,
     # max_workers, which caps the tasks, keeps them apart).
     fuse = cfg.max_workers is None and len(ranges) >= FUSE_RANGES_PER_CPU * workers
     cap = {"concurrency": cfg.max_workers}
-    log.info("reading, cleaning and writing pages %s", "in one task per range" if fuse
-             else f"in tasks of {CLEAN_BATCH_PAGES} pages")
+    log.info("reading, cleaning and writing pages: %s", "one task per range" if fuse else
+             f"cleaning in tasks of {CLEAN_BATCH_PAGES} pages, files of {PAGES_MIN_ROWS_PER_FILE:,}+ pages")
     placement = {"batch_size": None, **pin} if fuse else {"batch_size": CLEAN_BATCH_PAGES}
     ds = ds.map_batches(clean_pages, **placement, **cap, batch_format="pyarrow",
                         fn_kwargs={"cleaning": cfg.cleaning, "namespaces": siteinfo.namespaces,
@@ -185,8 +185,8 @@ def _write_blocks(cfg: PrepareConfig, tokenizer, out: PreparedDir, page_files: l
     bos = tokenizer.bos_token_id if tc.add_bos else None
     eos = tokenizer.eos_token_id if tc.add_eos else None
     fuse = cfg.max_workers is None and len(page_files) >= FUSE_RANGES_PER_CPU * workers  # as in _write_pages
-    log.info("tokenising and packing %s", "in one task per pages file" if fuse
-             else f"in tasks of {TOKENIZE_BATCH_DOCS} documents")
+    log.info("tokenising, packing and writing blocks: %s", "one task per pages file" if fuse else
+             f"tokenising in tasks of {TOKENIZE_BATCH_DOCS} documents, shards of {DOCS_MIN_ROWS_PER_SHARD:,}+")
     source = ParquetFilesDatasource(page_files, ["title", "text", "split"])
     stage = {"tokenizer_json": tokenizer.backend_tokenizer.to_str(), "bos": bos, "eos": eos,
              "include_title": tc.include_title}
