@@ -137,28 +137,28 @@ def _write_pages(cfg: PrepareConfig, source, siteinfo, ranges, out: PreparedDir,
     datasource = WikipediaDumpDatasource(source.uri, source.codec, ranges, siteinfo.root_tag,
                                          source.display, cfg.salvage)
     ds = ray.data.read_datasource(datasource, **pin, override_num_blocks=len(ranges))
-    # Ray Data fuses operators that take whole blocks (batch_size=None, no minimum rows per write) with
-    # the same remote args and concurrency as the read (ray 2.60 fuses no read given a concurrency, so
-    # max_workers, which caps the tasks, keeps them apart).
-    fuse = cfg.max_workers is None and len(ranges) >= FUSE_RANGES_PER_CPU * workers
-    cap = {"concurrency": cfg.max_workers}
+    fuse = _fuses(cfg, len(ranges), workers)
     log.info("reading, cleaning and writing pages: %s", "one task per range" if fuse else
              f"cleaning in tasks of {CLEAN_BATCH_PAGES} pages, files of {PAGES_MIN_ROWS_PER_FILE:,}+ pages")
-    placement = {"batch_size": None, **pin} if fuse else {"batch_size": CLEAN_BATCH_PAGES}
-    ds = ds.map_batches(clean_pages, **placement, **cap, batch_format="pyarrow",
+    ds = ds.map_batches(clean_pages, batch_size=None if fuse else CLEAN_BATCH_PAGES, **(pin if fuse else {}),
+                        concurrency=cfg.max_workers, batch_format="pyarrow",
                         fn_kwargs={"cleaning": cfg.cleaning, "namespaces": siteinfo.namespaces,
                                    "validation_fraction": cfg.validation_fraction})
-    if fuse:
-        sink = PagesDatasink(out.pages_uri, run_id, min_rows=None)
-        ds.write_datasink(sink, ray_remote_args=pin)
-    else:
-        sink = PagesDatasink(out.pages_uri, run_id)
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    sink = PagesDatasink(out.pages_uri, run_id, min_rows=None if fuse else PAGES_MIN_ROWS_PER_FILE)
+    ds.write_datasink(sink, ray_remote_args=pin if fuse else {"num_cpus": 0})
     totals: dict = {"kept": Counter(), "skipped": Counter(), "chars": 0, "truncations": [], "files": []}
     for result in sink.results:
         for key in totals:
             totals[key] += result[key]
     return totals
+
+
+def _fuses(cfg: PrepareConfig, units: int, workers: int) -> bool:
+    """Whether a pass over ``units`` ranges or pages files runs fused, one task per unit (module
+    docstring). Ray Data fuses operators that take whole blocks (batch_size=None, no minimum rows
+    per write) with the read's remote args and concurrency; ray 2.60 fuses no read given a
+    concurrency, so ``max_workers``, which caps the tasks, keeps them apart."""
+    return cfg.max_workers is None and units >= FUSE_RANGES_PER_CPU * workers
 
 
 def _train_tokenizer(cfg: PrepareConfig, out: PreparedDir, page_files: list[str]):
@@ -184,24 +184,18 @@ def _write_blocks(cfg: PrepareConfig, tokenizer, out: PreparedDir, page_files: l
     tc = cfg.tokenizer
     bos = tokenizer.bos_token_id if tc.add_bos else None
     eos = tokenizer.eos_token_id if tc.add_eos else None
-    fuse = cfg.max_workers is None and len(page_files) >= FUSE_RANGES_PER_CPU * workers  # as in _write_pages
+    fuse = _fuses(cfg, len(page_files), workers)
     log.info("tokenising, packing and writing blocks: %s", "one task per pages file" if fuse else
              f"tokenising in tasks of {TOKENIZE_BATCH_DOCS} documents, shards of {DOCS_MIN_ROWS_PER_SHARD:,}+")
-    source = ParquetFilesDatasource(page_files, ["title", "text", "split"])
-    stage = {"tokenizer_json": tokenizer.backend_tokenizer.to_str(), "bos": bos, "eos": eos,
-             "include_title": tc.include_title}
-    cap = {"concurrency": cfg.max_workers}
-    if fuse:
-        ds = ray.data.read_datasource(source, override_num_blocks=len(page_files))
-        ds = ds.map_batches(tokenize_docs, batch_size=None, batch_format="pyarrow", fn_kwargs=stage)
-        sink = BlocksDatasink(out.blocks_uri, run_id, cfg.seq_len, min_rows=None)
-        ds.write_datasink(sink)
-    else:
-        ds = ray.data.read_datasource(source, num_cpus=0, override_num_blocks=len(page_files))  # I/O only
-        ds = ds.map_batches(tokenize_docs, batch_size=TOKENIZE_BATCH_DOCS, **cap, batch_format="pyarrow",
-                            fn_kwargs=stage)
-        sink = BlocksDatasink(out.blocks_uri, run_id, cfg.seq_len)
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    io_only = {} if fuse else {"num_cpus": 0}  # apart, reading and writing are light
+    ds = ray.data.read_datasource(ParquetFilesDatasource(page_files, ["title", "text", "split"]), **io_only,
+                                  override_num_blocks=len(page_files))
+    ds = ds.map_batches(tokenize_docs, batch_size=None if fuse else TOKENIZE_BATCH_DOCS, concurrency=cfg.max_workers,
+                        batch_format="pyarrow",
+                        fn_kwargs={"tokenizer_json": tokenizer.backend_tokenizer.to_str(), "bos": bos, "eos": eos,
+                                   "include_title": tc.include_title})
+    sink = BlocksDatasink(out.blocks_uri, run_id, cfg.seq_len, min_rows=None if fuse else DOCS_MIN_ROWS_PER_SHARD)
+    ds.write_datasink(sink, ray_remote_args=io_only)
     totals = {split: {"docs": 0, "tokens": 0, "blocks": 0, "dropped_tokens": 0, "files": []}
               for split in SPLITS}
     for result in sink.results:
