@@ -33,12 +33,11 @@ from bg2vec.console import quiet_worker
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.bidirectional import family_of
 from bg2vec.modeling.dropout import set_dropout
-from bg2vec.modeling.encoder import EncoderConfig, write_encoder_files
 from bg2vec.modeling.pooling import pool
 from bg2vec.objectives.mntp import MaskedNextTokenModel, MNTPMasker, add_mask_token, mask_token_id
 from bg2vec.objectives.simcse import distributed_simcse_loss
-from bg2vec.storage import localize, redact
-from bg2vec.training.adapters import gathered_lora_state, save_adapter
+from bg2vec.storage import localize
+from bg2vec.training.adapters import gathered_lora_state
 from bg2vec.training.config import TINY_PREFIX, MNTPConfig, SimCSEConfig, TrainConfig
 from bg2vec.training.data import BlocksCollator, TextCollator
 from bg2vec.training.deepspeed_config import deepspeed_config
@@ -55,11 +54,11 @@ from bg2vec.training.model import (
     torch_dtype,
     zero3_fetch_whole_layers,
 )
+from bg2vec.training.model_dir import write_model_dir
 from bg2vec.training.output import publish_dir, write_failure
 from bg2vec.training.zero_stage import resolve_zero_stage
 
 CHECKPOINT_TAG = "deepspeed"
-TINY_BASE_DIR = "base_model"  # where a tiny:<family> base is saved inside an output directory
 STAGES = {"mntp": MNTPConfig, "simcse": SimCSEConfig}
 
 
@@ -130,6 +129,8 @@ class StageRecipe:
 
             self._hf_ds = HfDeepSpeedConfig(ds_config)  # from_pretrained now shards while loading
 
+        self.tiny_base: Path | None = None  # mntp: a tiny base saved for the output
+        self.mntp_dir: Path | None = None  # simcse: the MNTP encoder it continues
         if self.stage == "mntp":
             model = load_base(cfg.model, causal_lm=True, tokenizer=self.tokenizer, dtype=dtype, seed=cfg.seed,
                               base_path=base_path)
@@ -191,7 +192,6 @@ class StageRecipe:
 
         Saved as the bare decoder, without MNTP's LM head: what SimCSE and the encoder load
         (``AutoModel``), which would otherwise report the head's weights as unexpected at every load."""
-        self.tiny_base = None
         if self.resolved["base"].startswith(TINY_PREFIX) and self.rank == 0:
             self.tiny_base = Path(tempfile.mkdtemp(prefix="bg2vec-tiny-base-"))
             model.base_model.save_pretrained(self.tiny_base)
@@ -389,7 +389,8 @@ class StageRecipe:
         if self.rank == 0:
             staging = Path(tempfile.mkdtemp(prefix="bg2vec-output-"))
             try:
-                self._write_output(state, staging)
+                write_model_dir(staging, self.stage, cfg, state, tokenizer=self.tokenizer, family=self.family,
+                                resolved=self.resolved, tiny_base=self.tiny_base, mntp_dir=self.mntp_dir)
                 publish_dir(staging, cfg.output)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -397,35 +398,3 @@ class StageRecipe:
             self.sink.close()
         if dist.is_initialized():
             dist.barrier()
-
-    def _write_output(self, state: dict, staging: Path) -> None:
-        cfg = self.cfg
-        hyper = {"data": redact(cfg.data), "steps": cfg.max_steps, "global_batch_size": cfg.global_batch_size,
-                 "lr": cfg.optim.lr, "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha}
-        if self.stage == "mntp":
-            base, stages = self.resolved["base"], []
-            if self.tiny_base is not None:
-                shutil.copytree(self.tiny_base, staging / TINY_BASE_DIR)
-                base = TINY_BASE_DIR
-            hyper |= {"mask_ratio": cfg.mask_ratio, "mask_token": cfg.mask_token, "mask_strategy": cfg.mask_strategy,
-                      "seq_len": self.resolved["seq_len"]}
-            pooling, max_length = "mean", 512
-        else:
-            mntp_config = EncoderConfig(**self.resolved["mntp_config"])
-            base = mntp_config.base_model
-            if not Path(base).is_absolute() and (self.mntp_dir / base).is_dir():  # a base shipped inside
-                shutil.copytree(self.mntp_dir / base, staging / base)
-            stages = [dict(s, adapter=f"stages/{s['name']}") for s in mntp_config.stages]
-            for s in mntp_config.stages:
-                source = self.mntp_dir / s["adapter"]
-                (staging / "stages" / s["name"]).mkdir(parents=True)
-                for name in ("adapter_config.json", "adapter_model.safetensors"):
-                    shutil.copy2(source / name, staging / "stages" / s["name"] / name)
-            hyper |= {"temperature": cfg.temperature, "attention_dropout": cfg.attention_dropout,
-                      "hidden_dropout": cfg.hidden_dropout, "text_unit": cfg.text_unit, "max_length": cfg.max_length}
-            pooling, max_length = cfg.pooling, cfg.encoder_max_length
-        save_adapter(state, cfg.lora, base, staging)
-        stages.append({"name": self.stage, "adapter": ".", "hyperparameters": hyper})
-        write_encoder_files(staging, self.tokenizer, EncoderConfig(
-            base_model=base, family=self.family, bidirectional=True, pooling=pooling, max_length=max_length,
-            stages=stages, base_revision=cfg.model.revision if self.stage == "mntp" else None))
