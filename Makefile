@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: demo test bench lock clean
 
 ## Set up and run the whole pipeline on the embedded default (local Ray, the project's own sample dump,
-## a tiny model): prepare -> MNTP -> SimCSE -> evaluate, ending with the report table.
+## a tiny model): prepare -> MNTP -> SimCSE -> pairs -> contrastive -> evaluate -> embed, ending with the
+## report table.
 demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/python jobs/pipeline.py --preset tiny output=runs/demo

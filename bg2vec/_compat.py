@@ -1,7 +1,8 @@
 """Version-specific facts about the libraries bg2vec builds on, kept in one place.
 
 transformers: bidirectional attention uses the public ``is_causal`` config attribute / forward
-keyword (huggingface/transformers#43705), first released in 5.2.0; checked on 5.2.0 and 5.24.0.
+keyword (huggingface/transformers#43705), first released in 5.2.0; bg2vec requires 5.24.0, the version
+it is tested on (its checkpointing API, below).
 With ``is_causal=False`` the mask helpers build padding-only (bidirectional) masks, sliding-window
 layers get symmetric windows, and the attention functions (eager, sdpa, flash-attention-2) stop
 applying their causal flag. No transformers internals are copied or patched.
@@ -30,26 +31,23 @@ from packaging.version import Version
 
 from bg2vec.errors import Bg2VecError
 
-TRANSFORMERS_MIN = "5.2.0"
-TRANSFORMERS_CHECKED = ("5.2.0", "5.24.0")
+TRANSFORMERS_MIN = "5.24.0"  # the tested version (requirements/constraints.txt); pyproject's floor
 
 
 def require_transformers() -> None:
     import transformers
 
     if Version(transformers.__version__) < Version(TRANSFORMERS_MIN):
-        raise Bg2VecError(f"bg2vec needs transformers >= {TRANSFORMERS_MIN} for bidirectional attention "
-                          f"(the is_causal switch), found {transformers.__version__}: pip install -U transformers")
+        raise Bg2VecError(f"bg2vec needs transformers >= {TRANSFORMERS_MIN} (bidirectional attention through the "
+                          f"is_causal switch, activation checkpointing), found {transformers.__version__}: "
+                          f"pip install -U transformers")
 
 
 def enable_activation_checkpointing(model, kwargs: dict) -> None:
     """Checkpoint each decoder layer's activations. transformers 5.24 calls this
     ``activation_checkpointing_enable(activation_checkpointing_kwargs=)`` and warns on the old
-    ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=)``, which is all 5.2 has."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=)``."""
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
 
 
 @contextlib.contextmanager

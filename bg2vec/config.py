@@ -42,6 +42,15 @@ def load_config(cls: type[T], path: str | None = None, overrides: Sequence[str] 
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist; pass --config with a YAML file "
                               f"(the presets live under configs/<preset>/)") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder; pass --config one YAML file (a preset folder "
+                              f"holds one per stage, e.g. configs/tiny/mntp.yaml)") from None
+        except UnicodeDecodeError as e:
+            line = Path(path).read_bytes()[:e.start].count(b"\n") + 1
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} on line {line}); "
+                              f"save it as UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -154,6 +163,8 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
             return _convert(value, inner[0], key, where)
         raise TypeError(f"unsupported config annotation {tp} for {key}")
     if tp is str:
+        if isinstance(value, _Override) and value.strip() in ('""', "''"):
+            return ""  # key='""' on the command line: the empty string (a bare key= is None where allowed)
         if isinstance(value, str):
             return str(value)
         return _fail(value, "a string (quote it in YAML)", key, where)

@@ -42,6 +42,10 @@ def setup_console(verbose_flag: bool = False) -> None:
     verbose)."""
     if verbose_flag:
         os.environ[VERBOSE_ENV] = "1"
+    if not sys.stdout.isatty():
+        # the driver prints workers' lines behind a "(Worker pid=...)" prefix in ANSI colours unless
+        # RAY_COLOR_PREFIX=0 (read at every print; checked on ray 2.60.0): none in a file or a pipe
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if verbose():
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     else:

@@ -50,6 +50,15 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def missing_location(uri_or_path: str) -> bool:
+    """Whether ``uri_or_path`` names a folder or file (a local path or a URI) that does not exist. A model
+    setting may also be a hub id (``name``, ``org/name``) or ``packaged:<name>``: those are not locations."""
+    fs, path = resolve(uri_or_path)
+    if exists(fs, path):
+        return False
+    return "://" in uri_or_path or uri_or_path.startswith((".", "/", "~")) or uri_or_path.count("/") > 1
+
+
 def size(fs: pafs.FileSystem, path: str) -> int:
     return fs.get_file_info(path).size
 
@@ -104,3 +113,39 @@ def localize(uri_or_path: str, skip_suffixes: tuple[str, ...] = ()) -> str:
             os.makedirs(os.path.dirname(local), exist_ok=True)
             pafs.copy_files(info.path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return target
+
+
+def _location(uri_or_path: str, existing: bool) -> tuple[str, str] | None:
+    """(filesystem, normalised path) to compare locations by; None for what names no folder (a hub id,
+    ``packaged:``, a web URL; with ``existing``, a local path that does not exist)."""
+    if uri_or_path.startswith(("packaged:", "http://", "https://")):
+        return None
+    if is_local(uri_or_path):
+        path = os.path.realpath(os.path.expanduser(uri_or_path.removeprefix("file://")))  # symlinks followed
+        return ("file", path) if os.path.lexists(path) or not existing else None
+    scheme, _, rest = uri_or_path.partition("?")[0].partition("://")
+    bucket, _, path = rest.partition("/")
+    return scheme, posixpath.normpath(f"/{bucket.rpartition('@')[2]}/{path}").rstrip("/")  # credentials left out
+
+
+def check_apart(output: str, inputs: dict[str, str | None], output_key: str = "output") -> None:
+    """Refuse an output that is one of a job's inputs, lies inside one or contains one, whatever ``overwrite``
+    says: replacing or clearing that output would delete the input (a trained model, a prepared corpus).
+
+    ``inputs``: key -> path or URI as the user gave it (None: not set)."""
+    from bg2vec.errors import Bg2VecError
+
+    out = _location(output, existing=False)
+    for key, value in inputs.items():
+        where = _location(value, existing=True) if value else None
+        if out is None or where is None or out[0] != where[0]:
+            continue
+        relation = ("is" if out[1] == where[1] else "is inside" if _within(out[1], where[1])
+                    else "contains" if _within(where[1], out[1]) else None)
+        if relation:
+            raise Bg2VecError(f"{output_key}={redact(output)} {relation} {key}={redact(value)}: writing there could "
+                              f"delete the {key}; choose an {output_key} folder apart from the job's inputs")
+
+
+def _within(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")

@@ -1,11 +1,15 @@
 """Ray Tune search over the MNTP mask ratio and the SimCSE temperature (optionally learning rates and
-dropout), with ASHA early stopping (``jobs/tune.py``).
+dropout), or over the contrastive stage's temperature (and learning rate) alone, with ASHA early
+stopping (``jobs/tune.py``).
 
 A trial is a Tune function trainable that runs the two training stages as Ray Train jobs, exactly as
 ``jobs/mntp.py`` and ``jobs/simcse.py`` do (their GPUs are requested by each run's ScalingConfig):
 MNTP with the trial's mask ratio, then SimCSE from that output with the trial's temperature. A
 TuneReportCallback in each run forwards its validation reports to Tune.
 
+- **Contrastive search** (``contrastive_config`` set): each trial is one contrastive-stage run from
+  the given MNTP (or SimCSE) directory on the given pairs, with the trial's temperature (and
+  learning rate); its dev_score is the MRR of the validation queries finding their positives.
 - **Objective**: ``dev_score`` (``bg2vec.training.dev_score``): continuation retrieval on held-out
   validation blocks with the model's own embeddings, computed by the training loop at every
   validation pass of both stages. Validation losses are not comparable across the searched settings
@@ -34,8 +38,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from bg2vec.config import from_dict, load_config, to_dict
 from bg2vec.errors import Bg2VecError, ConfigError
-from bg2vec.storage import absolute, child, redact
-from bg2vec.training.config import MNTPConfig, SimCSEConfig
+from bg2vec.modeling.encoder import CONFIG_NAME
+from bg2vec.storage import absolute, child, exists, redact, resolve
+from bg2vec.training.config import ContrastiveConfig, MNTPConfig, SimCSEConfig
 from bg2vec.training.output import output_state
 from bg2vec.tuning_report import METRIC, TIME_ATTR, trial_records, write_report
 
@@ -47,20 +52,22 @@ class SearchSpace:
     """What each trial samples; settings left empty keep the stage configs' values."""
 
     mask_ratio: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
-    """MNTP mask ratios to choose from."""
+    """MNTP mask ratios to choose from (not used by a contrastive search)."""
     temperature: list[float] = field(default_factory=lambda: [0.01, 0.2])
-    """SimCSE temperature: [low, high], sampled log-uniformly."""
+    """SimCSE temperature (a contrastive search: the contrastive stage's): [low, high], sampled log-uniformly."""
     mntp_lr: list[float] | None = None
     """MNTP peak learning rate: [low, high], log-uniform."""
     simcse_lr: list[float] | None = None
     """SimCSE peak learning rate: [low, high], log-uniform."""
     attention_dropout: list[float] | None = None
     """SimCSE attention dropout values to choose from."""
+    contrastive_lr: list[float] | None = None
+    """Contrastive search: the contrastive stage's peak learning rate, [low, high], log-uniform."""
 
     def __post_init__(self) -> None:
         if not self.mask_ratio or not all(0 < r < 1 for r in self.mask_ratio):
             raise ConfigError(f"space.mask_ratio must be a non-empty list of values in (0, 1), got {self.mask_ratio}")
-        for name in ("temperature", "mntp_lr", "simcse_lr"):
+        for name in ("temperature", "mntp_lr", "simcse_lr", "contrastive_lr"):
             bounds = getattr(self, name)
             if bounds is not None and not (len(bounds) == 2 and 0 < bounds[0] <= bounds[1]):
                 raise ConfigError(f"space.{name} must be [low, high] with 0 < low <= high, got {bounds}")
@@ -69,9 +76,13 @@ class SearchSpace:
             raise ConfigError(f"space.attention_dropout must be a non-empty list of values in [0, 1), "
                               f"got {self.attention_dropout}")
 
-    def param_space(self) -> dict:
+    def param_space(self, contrastive: bool = False) -> dict:
+        """Tune's search space: of the MNTP + SimCSE search, or with ``contrastive`` of the contrastive stage's."""
         from ray import tune
 
+        if contrastive:
+            return {"temperature": tune.loguniform(*self.temperature)} | (
+                {"contrastive_lr": tune.loguniform(*self.contrastive_lr)} if self.contrastive_lr else {})
         space = {"mask_ratio": tune.choice(self.mask_ratio), "temperature": tune.loguniform(*self.temperature)}
         if self.mntp_lr:
             space["mntp_lr"] = tune.loguniform(*self.mntp_lr)
@@ -102,15 +113,27 @@ class AshaSettings:
 class TuneConfig:
     """The hyperparameter search (jobs/tune.py)."""
 
-    data: str
-    """A prepared data directory (jobs/prepare_data.py output), for both stages and the dev score."""
     output: str
-    """Where the search writes: best.json, trials.md, trials.png, trials/<trial id>/{mntp,simcse}
-    (each trial's models and runs) and tune/ (Tune's experiment, for resuming)."""
-    mntp_config: str
+    """Where the search writes: best.json, trials.md, trials.png, trials/<trial id>/{mntp,simcse} (a
+    contrastive search: trials/<trial id>/contrastive; each trial's models and runs) and tune/ (Tune's
+    experiment, for resuming)."""
+    data: str | None = None
+    """A prepared data directory (jobs/prepare_data.py output), for both stages and the dev score."""
+    mntp_config: str | None = None
     """The MNTP stage's YAML (e.g. configs/tiny/mntp.yaml); data and output are the search's."""
-    simcse_config: str
+    simcse_config: str | None = None
     """The SimCSE stage's YAML (e.g. configs/tiny/simcse.yaml); mntp is each trial's MNTP output."""
+    contrastive_config: str | None = None
+    """Search the contrastive stage alone instead: its YAML (e.g. configs/tiny/contrastive.yaml); each
+    trial trains it from mntp= (or simcse=) on pairs=; data, mntp_config and simcse_config are unused."""
+    pairs: str | None = None
+    """Contrastive search: the pairs directory (jobs/pairs.py output); empty: the contrastive config's."""
+    mntp: str | None = None
+    """Contrastive search: the MNTP output every trial starts from; empty: the contrastive config's."""
+    simcse: str | None = None
+    """Contrastive search: start from this SimCSE output instead (of mntp)."""
+    contrastive_overrides: list[str] = field(default_factory=list)
+    """key=value overrides of the contrastive config for every trial (e.g. [max_steps=200])."""
     mntp_overrides: list[str] = field(default_factory=list)
     """key=value overrides of the MNTP config for every trial (e.g. [max_steps=200])."""
     simcse_overrides: list[str] = field(default_factory=list)
@@ -133,8 +156,20 @@ class TuneConfig:
     """Ray cluster to join (e.g. auto); empty: RAY_ADDRESS if set (ray job submit), else a new local Ray."""
 
     def __post_init__(self) -> None:
-        if not self.data or not self.output:
-            raise ConfigError("data and output are required: give data=DIR output=DIR")
+        if self.contrastive_config:
+            unused = [k for k in ("data", "mntp_config", "simcse_config") if getattr(self, k)]
+            searched = [k for k in ("mntp_lr", "simcse_lr", "attention_dropout") if getattr(self.space, k)]
+            if unused or searched:
+                raise ConfigError(f"contrastive_config is set: the search trains the contrastive stage alone, so "
+                                  f"{', '.join(unused + [f'space.{k}' for k in searched])} must be left out")
+            if not self.output:
+                raise ConfigError("output is required: give output=DIR")
+        elif not self.data or not self.output or not self.mntp_config or not self.simcse_config:
+            raise ConfigError("data, output, mntp_config and simcse_config are required (or contrastive_config, "
+                              "pairs and mntp for a search of the contrastive stage): give data=DIR output=DIR")
+        elif self.space.contrastive_lr or self.pairs or self.mntp or self.simcse or self.contrastive_overrides:
+            raise ConfigError("space.contrastive_lr, pairs, mntp, simcse and contrastive_overrides belong to a search "
+                              "of the contrastive stage: set contrastive_config (or leave them out)")
         if self.num_samples < 1 or self.driver_cpus <= 0:
             raise ConfigError("num_samples must be >= 1 and driver_cpus > 0")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
@@ -151,13 +186,17 @@ def run_search(cfg: TuneConfig) -> dict:
     from bg2vec.data.pipeline import load_manifest
     from bg2vec.ray_utils import init_ray
 
-    cfg.data, cfg.output = absolute(cfg.data), absolute(cfg.output)  # trials run in directories of their own
+    cfg.output = absolute(cfg.output)  # trials run in directories of their own
     settings = stage_settings(cfg)
-    total = settings["mntp"]["max_steps"] + settings["simcse"]["max_steps"]
+    steps = {stage: settings[stage]["max_steps"] for stage in trial_stages(settings)}
+    total = sum(steps.values())
     if cfg.asha.grace_period >= total:
         raise ConfigError(f"asha.grace_period={cfg.asha.grace_period} is not below the {total} steps of a trial "
-                          f"(MNTP + SimCSE max_steps): ASHA could never stop one; lower it")
-    load_manifest(cfg.data)  # the data exists, before any trial finds out
+                          f"({' + '.join(steps)} max_steps): ASHA could never stop one; lower it")
+    if "contrastive" in settings:  # the inputs exist, before any trial finds out
+        _check_contrastive_inputs(settings["contrastive"])
+    else:
+        load_manifest(settings["mntp"]["data"])
     searcher_name = choose_searcher(cfg.searcher)
     init_ray(cfg.ray_address)
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"CPU": cfg.driver_cpus})
@@ -172,7 +211,7 @@ def run_search(cfg: TuneConfig) -> dict:
         need = trial_resources(settings, cfg.driver_cpus)
         concurrent = cfg.max_concurrent_trials or max_concurrent_trials(ray.cluster_resources(), need)
         tuner = tune.Tuner(
-            trainable, param_space=cfg.space.param_space(),
+            trainable, param_space=cfg.space.param_space(contrastive="contrastive" in settings),
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode="max", num_samples=cfg.num_samples,
                 search_alg=make_searcher(searcher_name, cfg.seed, concurrent),
@@ -183,25 +222,47 @@ def run_search(cfg: TuneConfig) -> dict:
                 trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=cfg.output))
     grid = tuner.fit()
-    records = trial_records(grid, cfg.output)
-    best = write_report(cfg.output, records, settings["mntp"]["max_steps"], total, searcher_name)
+    records = trial_records(grid, cfg.output, last_stage=list(steps)[-1])
+    best = write_report(cfg.output, records, steps, searcher_name)
     return {"best": best, "records": records, "output": cfg.output}
 
 
 def stage_settings(cfg: TuneConfig) -> dict:
-    """The two stage configs every trial starts from (validated now, before anything runs), as dicts."""
+    """The stage configs every trial starts from (validated now, before anything runs), as dicts: mntp
+    and simcse, or contrastive alone."""
     placeholder = child(cfg.output, "trials", "TRIAL")
-    mntp = load_config(MNTPConfig, cfg.mntp_config,
-                       [*cfg.mntp_overrides, f"data={cfg.data}", f"output={child(placeholder, 'mntp')}"])
-    simcse = load_config(SimCSEConfig, cfg.simcse_config,
-                         [*cfg.simcse_overrides, f"data={cfg.data}", f"mntp={child(placeholder, 'mntp')}",
-                          f"output={child(placeholder, 'simcse')}"])
-    for stage in (mntp, simcse):
+    if cfg.contrastive_config:
+        inputs = [f"{key}={absolute(getattr(cfg, key))}" for key in ("pairs", "mntp", "simcse") if getattr(cfg, key)]
+        if bool(cfg.mntp) != bool(cfg.simcse):  # the search's start replaces the config's
+            inputs.append("simcse=null" if cfg.mntp else "mntp=null")
+        stages = {"contrastive": load_config(ContrastiveConfig, cfg.contrastive_config, [
+            *cfg.contrastive_overrides, *inputs, f"output={child(placeholder, 'contrastive')}"])}
+    else:
+        data = absolute(cfg.data)
+        stages = {"mntp": load_config(MNTPConfig, cfg.mntp_config,
+                                      [*cfg.mntp_overrides, f"data={data}", f"output={child(placeholder, 'mntp')}"]),
+                  "simcse": load_config(SimCSEConfig, cfg.simcse_config,
+                                        [*cfg.simcse_overrides, f"data={data}", f"mntp={child(placeholder, 'mntp')}",
+                                         f"output={child(placeholder, 'simcse')}"])}
+    for stage in stages.values():
         if not stage.run.dev_blocks:
-            raise ConfigError("the search's objective is the dev score: run.dev_blocks must be > 0 in both stages")
+            raise ConfigError("the search's objective is the dev score: run.dev_blocks must be > 0 in every stage")
         if os.path.exists(stage.model.name_or_path):  # a local model folder: trials run in their own directories
             stage.model.name_or_path = absolute(stage.model.name_or_path)
-    return {"output": cfg.output, "mntp": to_dict(mntp), "simcse": to_dict(simcse)}
+    return {"output": cfg.output, **{name: to_dict(stage) for name, stage in stages.items()}}
+
+
+def trial_stages(settings: dict) -> list[str]:
+    """The stages a trial trains, in order."""
+    return [stage for stage in ("mntp", "simcse", "contrastive") if stage in settings]
+
+
+def _check_contrastive_inputs(contrastive: dict) -> None:
+    start = "simcse" if contrastive["simcse"] else "mntp"
+    for key, name in (("pairs", "manifest.json"), (start, CONFIG_NAME)):
+        fs, path = resolve(contrastive[key])
+        if not exists(fs, f"{path}/{name}"):
+            raise Bg2VecError(f"{key}={redact(contrastive[key])} has no {name}: give the output of jobs/{key}.py")
 
 
 def choose_searcher(choice: str) -> str:
@@ -230,7 +291,7 @@ def make_searcher(name: str, seed: int, max_concurrent: int):
 
 def trial_resources(settings: dict, driver_cpus: float) -> dict[str, float]:
     """What one trial holds at most: its driver plus the larger of its two stages' worker groups."""
-    stages = [settings["mntp"]["scaling"], settings["simcse"]["scaling"]]
+    stages = [settings[stage]["scaling"] for stage in trial_stages(settings)]
     need = {"CPU": driver_cpus + max(s["num_workers"] * s["cpus_per_worker"] for s in stages)}
     gpus = max(s["num_workers"] if s["use_gpu"] else 0 for s in stages)
     return need | ({"GPU": gpus} if gpus else {})
@@ -248,13 +309,19 @@ def _trial_dirname(trial) -> str:
 
 # ------------------------------------------------------------------------------------------- trial
 def run_trial(params: dict, settings: dict) -> None:
-    """One trial: MNTP with the sampled settings, then SimCSE from its output. A stage whose model is
-    already complete (a trial resumed by Tuner.restore) is not trained again."""
+    """One trial: MNTP with the sampled settings, then SimCSE from its output (or the contrastive stage
+    alone). A stage whose model is already complete (a trial resumed by Tuner.restore) is not trained again."""
     from ray import tune
 
     from bg2vec.training.launch import run_stage
 
     trial_id = tune.get_context().get_trial_id()
+    if "contrastive" in settings:
+        contrastive = contrastive_trial_config(settings, params, child(settings["output"], "trials", trial_id),
+                                               trial_id)
+        if output_state(contrastive.output) != "complete":
+            run_stage(contrastive, callbacks=[StageReport("contrastive", 0)])
+        return
     mntp, simcse = trial_configs(settings, params, child(settings["output"], "trials", trial_id), trial_id)
     if output_state(mntp.output) != "complete":
         run_stage(mntp, callbacks=[StageReport("mntp", 0)])
@@ -278,6 +345,17 @@ def trial_configs(settings: dict, params: dict, trial_dir: str, trial_id: str) -
         simcse["attention_dropout"] = params["attention_dropout"]
     return (from_dict(MNTPConfig, mntp, where=f"trial {trial_id} mntp config"),
             from_dict(SimCSEConfig, simcse, where=f"trial {trial_id} simcse config"))
+
+
+def contrastive_trial_config(settings: dict, params: dict, trial_dir: str, trial_id: str) -> ContrastiveConfig:
+    """The contrastive config of one trial of a contrastive search: the sampled temperature (and learning
+    rate), the output under the trial's directory and a run name of its own."""
+    contrastive = copy.deepcopy(settings["contrastive"])
+    contrastive |= {"output": child(trial_dir, "contrastive"), "overwrite": True, "temperature": params["temperature"]}
+    contrastive["run"]["name"] = f"contrastive-{trial_id}"
+    if "contrastive_lr" in params:
+        contrastive["optim"]["lr"] = params["contrastive_lr"]
+    return from_dict(ContrastiveConfig, contrastive, where=f"trial {trial_id} contrastive config")
 
 
 class StageReport(TuneReportCallback):

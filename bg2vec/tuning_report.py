@@ -14,6 +14,10 @@ from bg2vec.training.output import output_state
 
 METRIC = "dev_score"
 TIME_ATTR = "trial_step"
+LABELS = {"mntp": "MNTP", "simcse": "SimCSE", "contrastive": "contrastive"}
+# what dev_score measures, by the stage a trial ends with (bg2vec.training.dev_score)
+OBJECTIVES = {"simcse": "continuation retrieval MRR on held-out validation blocks",
+              "contrastive": "MRR of the validation queries finding their positives"}
 
 
 @dataclass
@@ -26,7 +30,7 @@ class TrialRecord:
     """(trial_step, dev_score) of every validation pass."""
     status: Literal["completed", "stopped", "error"]
     model: str | None = None
-    """The finished encoder (the SimCSE output), when the trial completed."""
+    """The finished encoder (the output of the trial's last stage), when the trial completed."""
     checkpoint: str | None = None
     """The last Ray Train checkpoint the trial reported."""
     error: str | None = None
@@ -40,8 +44,8 @@ class TrialRecord:
         return self.history[-1][0] if self.history else 0
 
 
-def trial_records(grid, output: str) -> list[TrialRecord]:
-    """The trials of a finished Tune run (a ResultGrid)."""
+def trial_records(grid, output: str, last_stage: str = "simcse") -> list[TrialRecord]:
+    """The trials of a finished Tune run (a ResultGrid) whose trials end with ``last_stage``."""
     from bg2vec.ray_utils import find_user_error
 
     records = []
@@ -51,7 +55,7 @@ def trial_records(grid, output: str) -> list[TrialRecord]:
         if frame is not None and METRIC in frame and TIME_ATTR in frame:
             history = [(int(s), float(v)) for s, v in zip(frame[TIME_ATTR], frame[METRIC]) if not math.isnan(v)]
         trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]
-        model = child(output, "trials", trial_id, "simcse")
+        model = child(output, "trials", trial_id, last_stage)
         if result.error is not None:
             status, model = "error", None
         elif output_state(model) == "complete":
@@ -64,29 +68,31 @@ def trial_records(grid, output: str) -> list[TrialRecord]:
     return sorted(records, key=lambda r: r.trial_id)
 
 
-def write_report(output: str, records: list[TrialRecord], mntp_steps: int, total_steps: int, searcher: str) -> dict:
+def write_report(output: str, records: list[TrialRecord], stage_steps: dict[str, int], searcher: str) -> dict:
     """trials.md and trials.png, then best.json (written last: its presence means the search finished
-    with at least one complete trial). Returns best.json's content."""
-    _write(output, "trials.md", trials_table(records, total_steps, searcher).encode())
-    _write(output, "trials.png", trials_plot(records, mntp_steps, total_steps))
+    with at least one complete trial). ``stage_steps``: each stage of a trial and its steps, in order.
+    Returns best.json's content."""
+    _write(output, "trials.md", trials_table(records, stage_steps, searcher).encode())
+    _write(output, "trials.png", trials_plot(records, stage_steps))
     finished = [r for r in records if r.status == "completed" and r.score is not None]
     if not finished:
         errors = "; ".join(dict.fromkeys(r.error for r in records if r.error))  # each message once
         raise Bg2VecError(f"no trial of the search finished (see {redact(child(output, 'trials.md'))})"
                           + (f"; errors: {errors}" if errors else ""))
     top = max(finished, key=lambda r: r.score)
-    best = {"trial_id": top.trial_id, METRIC: top.score, "config": top.params, "model": top.model,
-            "mntp_model": child(output, "trials", top.trial_id, "mntp"), "checkpoint": top.checkpoint,
-            "trials": len(records), "searcher": searcher}
+    earlier = {f"{stage}_model": child(output, "trials", top.trial_id, stage) for stage in list(stage_steps)[:-1]}
+    best = {"trial_id": top.trial_id, METRIC: top.score, "config": top.params, "model": top.model, **earlier,
+            "checkpoint": top.checkpoint, "trials": len(records), "searcher": searcher}
     _write(output, "best.json", json.dumps(best, indent=2).encode())
     return best
 
 
-def trials_table(records: list[TrialRecord], total_steps: int, searcher: str) -> str:
+def trials_table(records: list[TrialRecord], stage_steps: dict[str, int], searcher: str) -> str:
     names = sorted({k for r in records for k in r.params})
+    total_steps = sum(stage_steps.values())
     lines = [f"# Hyperparameter search: {len(records)} trials ({searcher} search, ASHA)", "",
-             f"Objective: {METRIC} (continuation retrieval MRR on held-out validation blocks, higher is better), "
-             f"after each validation pass; a trial runs {total_steps} steps (MNTP then SimCSE).", "",
+             f"Objective: {METRIC} ({OBJECTIVES[list(stage_steps)[-1]]}, higher is better), after each validation "
+             f"pass; a trial runs {total_steps} steps ({' then '.join(LABELS[s] for s in stage_steps)}).", "",
              "| trial | " + " | ".join(names) + f" | {METRIC} | steps | status |",
              "| --- | " + " | ".join("---:" for _ in names) + " | ---: | ---: | --- |"]
     ranked = sorted(records, key=lambda r: -math.inf if r.score is None else r.score, reverse=True)
@@ -100,7 +106,7 @@ def trials_table(records: list[TrialRecord], total_steps: int, searcher: str) ->
     return "\n".join(lines) + "\n"
 
 
-def trials_plot(records: list[TrialRecord], mntp_steps: int, total_steps: int) -> bytes:
+def trials_plot(records: list[TrialRecord], stage_steps: dict[str, int]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,9 +118,13 @@ def trials_plot(records: list[TrialRecord], mntp_steps: int, total_steps: int) -
             steps, scores = zip(*r.history)
             label = f"{r.trial_id} " + ", ".join(f"{k}={v:.3g}" for k, v in sorted(r.params.items()))
             axes.plot(steps, scores, marker="o", linestyle="-" if r.status == "completed" else "--", label=label)
-    axes.axvline(mntp_steps, color="grey", linewidth=0.8)
-    axes.text(mntp_steps, axes.get_ylim()[1], " SimCSE →", va="top", color="grey")
-    axes.set(xlabel="trial step (MNTP, then SimCSE)", ylabel=METRIC, xlim=(0, total_steps),
+    start = 0
+    for stage, steps in stage_steps.items():
+        if start:  # where a later stage begins
+            axes.axvline(start, color="grey", linewidth=0.8)
+            axes.text(start, axes.get_ylim()[1], f" {LABELS[stage]} →", va="top", color="grey")
+        start += steps
+    axes.set(xlabel=f"trial step ({', then '.join(LABELS[s] for s in stage_steps)})", ylabel=METRIC, xlim=(0, start),
              title="dev_score of every trial (dashed: stopped early or failed)")
     if axes.lines:
         axes.legend(fontsize=7, loc="lower right")

@@ -22,7 +22,9 @@ def main(cfg: ExportConfig) -> str:
     if not torch.cuda.is_available():
         deepspeed_cpu_accelerator()  # peft imports DeepSpeed, which would warn that it found no GPU
     from bg2vec.export.folder import export
+    from bg2vec.interrupts import stop_on_sigterm
 
+    stop_on_sigterm()  # ray job stop: the staged folder is removed as on Ctrl-C
     print(f"[export] merging {cfg.model}'s adapters into its base and writing {cfg.output}", flush=True)
     summary = export(cfg)
     check = summary["verification"]
@@ -33,6 +35,10 @@ def main(cfg: ExportConfig) -> str:
              f"dimension {summary['dimension']}, {summary['dtype']}",
              f"  check: {checked}",
              f"  model card: {cfg.output}/README.md"]
+    if summary["prompts"]["query"]:
+        lines.append(f"  queries: encode_query prepends {summary['prompts']['query']!r}")
+    if summary["matryoshka_dims"]:
+        lines.append(f"  Matryoshka dimensions {summary['matryoshka_dims']}: SentenceTransformer(..., truncate_dim=d)")
     if "hub_url" in summary:
         lines.append(f"  uploaded: {summary['hub_url']}")
     return "\n".join(lines)

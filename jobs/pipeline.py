@@ -1,4 +1,5 @@
-"""Every stage end to end with one preset: prepare -> MNTP -> SimCSE -> evaluate -> embed (the README demo).
+"""Every stage end to end with one preset: prepare -> MNTP -> SimCSE -> pairs -> contrastive -> evaluate -> embed
+(the README demo).
 
     # the embedded default: the sample dump, a tiny Mistral, 2 CPU workers, then the report
     python jobs/pipeline.py --preset tiny output=runs/tiny
@@ -12,16 +13,19 @@
     # Ray's, DeepSpeed's and transformers' own logs on the console too (they are always in Ray's log folder)
     python jobs/pipeline.py --preset tiny output=runs/tiny --verbose
 
-Writes OUTPUT/data, OUTPUT/mntp, OUTPUT/simcse, OUTPUT/eval and OUTPUT/embeddings (the prepared
-pages, embedded). A stage whose output is already complete is skipped, so running the command again continues
-where it stopped (overwrite=true redoes everything); the training stages resume from their checkpoints
-and the embedding from its finished shards.
+Writes OUTPUT/data, OUTPUT/mntp, OUTPUT/simcse, OUTPUT/pairs (pairs mined from the prepared pages, with
+hard negatives from the encoder the contrastive stage starts from), OUTPUT/contrastive (the finished
+encoder), OUTPUT/eval and OUTPUT/embeddings (the prepared pages, embedded). A stage whose output is
+already complete is skipped, so running the command again continues where it stopped (overwrite=true
+redoes everything); the training stages resume from their checkpoints and the embedding from its
+finished shards.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from bg2vec.config import load_config
@@ -30,31 +34,55 @@ from bg2vec.errors import Bg2VecError, ConfigError
 from bg2vec.storage import child
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("prepare", "mntp", "simcse", "evaluate", "embed")
-OUTPUTS = {"prepare": "data", "mntp": "mntp", "simcse": "simcse", "evaluate": "eval", "embed": "embeddings"}
+STAGES = ("prepare", "mntp", "simcse", "pairs", "contrastive", "evaluate", "embed")
+OUTPUTS = {"prepare": "data", "mntp": "mntp", "simcse": "simcse", "pairs": "pairs", "contrastive": "contrastive",
+           "evaluate": "eval", "embed": "embeddings"}
 LAST_WRITTEN = {"prepare": "manifest.json", "mntp": "bg2vec_config.json", "simcse": "bg2vec_config.json",
-                "evaluate": "results.json", "embed": "manifest.json"}
+                "pairs": "manifest.json", "contrastive": "bg2vec_config.json", "evaluate": "results.json",
+                "embed": "manifest.json"}
+TRAINING = ("mntp", "simcse", "contrastive")
+
+
+@dataclass
+class PipelineSettings:
+    """The pipeline's own settings (every other key=value is STAGE.key=value)."""
+
+    output: str
+    """Where every stage's output goes (data/, mntp/, simcse/, pairs/, contrastive/, eval/, embeddings/)."""
+    overwrite: bool = False
+    """Redo every stage, replacing complete outputs (read as any config's boolean: true/false, yes/no, on/off)."""
 
 
 def stage_configs(preset: str, output: str, overrides: list[str]) -> dict:
     """Each stage's typed config from configs/<preset>/<stage>.yaml, wired to the others' outputs."""
+    import yaml
+
     from bg2vec.data.config import PrepareConfig
     from bg2vec.embedding.config import EmbedConfig
     from bg2vec.evaluation.config import EvaluateConfig
-    from bg2vec.training.config import MNTPConfig, SimCSEConfig
+    from bg2vec.evaluation.models import ModelSpec
+    from bg2vec.pairs.config import PairsConfig
+    from bg2vec.training.config import ContrastiveConfig, MNTPConfig, SimCSEConfig
 
-    classes = {"prepare": PrepareConfig, "mntp": MNTPConfig, "simcse": SimCSEConfig, "evaluate": EvaluateConfig,
-               "embed": EmbedConfig}
+    classes = {"prepare": PrepareConfig, "mntp": MNTPConfig, "simcse": SimCSEConfig, "pairs": PairsConfig,
+               "contrastive": ContrastiveConfig, "evaluate": EvaluateConfig, "embed": EmbedConfig}
     folder = REPO / "configs" / preset
     if not folder.is_dir():
         presets = sorted(p.name for p in (REPO / "configs").iterdir() if (p / "mntp.yaml").is_file())
         raise ConfigError(f"--preset {preset}: no folder configs/{preset}; presets: {', '.join(presets)}")
     paths = {s: child(output, OUTPUTS[s]) for s in STAGES}
+    # the contrastive stage starts from MNTP (LLM2Vec's choice) unless the preset names simcse; its pairs'
+    # hard negatives are mined by that same encoder
+    preset_contrastive = yaml.safe_load((folder / "contrastive.yaml").read_text(encoding="utf-8")) or {}
+    start = "simcse" if preset_contrastive.get("simcse") else "mntp"
+    final = paths["contrastive"]
     wiring = {"prepare": [f"output={paths['prepare']}"],
               "mntp": [f"data={paths['prepare']}", f"output={paths['mntp']}"],
               "simcse": [f"data={paths['prepare']}", f"mntp={paths['mntp']}", f"output={paths['simcse']}"],
-              "evaluate": [f"model={paths['simcse']}", f"data={paths['prepare']}", f"output={paths['evaluate']}"],
-              "embed": [f"model={paths['simcse']}", f"input={paths['prepare']}", f"output={paths['embed']}"]}
+              "pairs": [f"data={paths['prepare']}", f"model={paths[start]}", f"output={paths['pairs']}"],
+              "contrastive": [f"pairs={paths['pairs']}", f"{start}={paths[start]}", f"output={final}"],
+              "evaluate": [f"model={final}", f"data={paths['prepare']}", f"output={paths['evaluate']}"],
+              "embed": [f"model={final}", f"input={paths['prepare']}", f"output={paths['embed']}"]}
     per_stage: dict[str, list[str]] = {s: [] for s in STAGES}
     for item in overrides:
         stage, _, rest = item.partition(".")
@@ -62,7 +90,10 @@ def stage_configs(preset: str, output: str, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r}: prefix it with a stage ({', '.join(STAGES)}), "
                               f"e.g. mntp.max_steps=20")
         per_stage[stage].append(rest)
-    return {s: load_config(classes[s], str(folder / f"{s}.yaml"), wiring[s] + per_stage[s]) for s in STAGES}
+    configs = {s: load_config(classes[s], str(folder / f"{s}.yaml"), wiring[s] + per_stage[s]) for s in STAGES}
+    if start == "mntp":  # SimCSE is not among the final encoder's stages: its own row in the report
+        configs["evaluate"].models.insert(0, ModelSpec("MNTP + SimCSE", paths["simcse"]))
+    return configs
 
 
 def complete(stage: str, cfg) -> bool:
@@ -77,6 +108,7 @@ def run(preset: str, output: str, overwrite: bool, overrides: list[str]) -> str:
     from bg2vec.embedding.pipeline import embed
     from bg2vec.evaluation.runner import evaluate
     from bg2vec.evaluation.tasks import task_files
+    from bg2vec.pairs.pipeline import describe_pairs, mine_pairs
     from bg2vec.training.launch import run_stage
     from bg2vec.training.summary import summarize
 
@@ -98,6 +130,8 @@ def run(preset: str, output: str, overwrite: bool, overrides: list[str]) -> str:
         print(f"[pipeline] {stage} -> {cfg.output}", flush=True)
         if stage == "prepare":
             print(describe_prepared(cfg.output, prepare(cfg)), flush=True)
+        elif stage == "pairs":
+            print(describe_pairs(cfg.output, mine_pairs(cfg)), flush=True)
         elif stage == "evaluate":
             table = evaluate(cfg)["table"]
         elif stage == "embed":
@@ -126,8 +160,10 @@ def main() -> None:
     rest = [s for s in args.settings if s.split("=", 1)[0] not in ("output", "overwrite")]
     try:
         if "output" not in top:
-            raise ConfigError("output=DIR is required (where data/, mntp/, simcse/, eval/ and embeddings/ go)")
-        print(run(args.preset, top["output"], top.get("overwrite", "false").lower() == "true", rest))
+            raise ConfigError("output=DIR is required (where data/, mntp/, simcse/, pairs/, contrastive/, eval/ and "
+                              "embeddings/ go)")
+        settings = load_config(PipelineSettings, None, [f"{k}={v}" for k, v in top.items()])
+        print(run(args.preset, settings.output, settings.overwrite, rest))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -10,6 +10,10 @@ blocks (bg2vec.training.dev_score), comparable across mask ratios as the validat
     ray job submit --working-dir . -- python jobs/tune.py --config configs/bggpt-7b/tune.yaml \\
         data=s3://my-bucket/bg2vec/bgwiki output=s3://my-bucket/bg2vec/bggpt-7b/tune
 
+    # the contrastive stage alone: its temperature and learning rate, from an MNTP output on a pairs directory
+    python jobs/tune.py --config configs/tiny/tune_contrastive.yaml pairs=runs/tiny/pairs mntp=runs/tiny/mntp \\
+        output=runs/tiny/tune-contrastive
+
 Writes OUTPUT/best.json (the best trial's settings, dev_score, model directory and checkpoint),
 OUTPUT/trials.md (every trial) and OUTPUT/trials.png (dev_score over the steps of every trial).
 Running the same command again resumes an interrupted search (Tuner.restore).

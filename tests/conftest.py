@@ -99,9 +99,9 @@ def s3():
         server.stop()
 
 
-def write_trained_encoder(root: Path, tokenizer, **settings) -> Path:
-    """A tiny Mistral base with an MNTP and a SimCSE stage (random LoRA weights), laid out as the
-    training jobs write it; ``settings`` go to its EncoderConfig (e.g. max_length)."""
+def write_trained_encoder(root: Path, tokenizer, stages: tuple[str, ...] = ("mntp", "simcse"), **settings) -> Path:
+    """A tiny Mistral base with an MNTP and a SimCSE stage (or ``stages``; random LoRA weights), laid out
+    as the training jobs write it; ``settings`` go to its EncoderConfig (e.g. max_length)."""
     from copy import deepcopy
 
     import torch
@@ -120,12 +120,15 @@ def write_trained_encoder(root: Path, tokenizer, **settings) -> Path:
         torch.manual_seed(seed)
         return get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
 
-    first = lora(deepcopy(base), 1)
-    first.save_pretrained(root / "stages" / "mntp")
-    lora(first.merge_and_unload(), 2).save_pretrained(root)
-    write_encoder_files(root, tokenizer, EncoderConfig(base_model="base_model", family="mistral", stages=[
-        {"name": "mntp", "adapter": "stages/mntp", "hyperparameters": {}},
-        {"name": "simcse", "adapter": ".", "hyperparameters": {}}], **settings))
+    model, entries = deepcopy(base), []
+    for seed, name in enumerate(stages, 1):
+        adapter = "." if seed == len(stages) else f"stages/{name}"  # the last stage's adapter at the top
+        adapted = lora(model, seed)
+        adapted.save_pretrained(root / adapter)
+        model = adapted.merge_and_unload()
+        entries.append({"name": name, "adapter": adapter, "hyperparameters": {}})
+    write_encoder_files(root, tokenizer, EncoderConfig(base_model="base_model", family="mistral", stages=entries,
+                                                       **settings))
     return root
 
 

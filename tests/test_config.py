@@ -15,18 +15,21 @@ from bg2vec.embedding.config import EmbedConfig, SearchConfig
 from bg2vec.errors import ConfigError
 from bg2vec.evaluation.config import EvaluateConfig
 from bg2vec.export.config import ExportConfig
+from bg2vec.pairs.config import PairsConfig
 from bg2vec.planning import PlanConfig
 from bg2vec.serving.config import ServeConfig
-from bg2vec.training.config import MNTPConfig, SimCSEConfig
+from bg2vec.training.config import ContrastiveConfig, MNTPConfig, SimCSEConfig
 from bg2vec.tuning import TuneConfig
 from conftest import REPO
 
 # Every YAML under configs/<preset>/ is named after its stage; a new stage registers its class here.
-STAGE_CONFIGS = {"prepare": PrepareConfig, "mntp": MNTPConfig, "simcse": SimCSEConfig, "evaluate": EvaluateConfig,
-                 "tune": TuneConfig, "plan": PlanConfig, "embed": EmbedConfig, "serve": ServeConfig,
-                 "search": SearchConfig, "export": ExportConfig}
-REQUIRED_OVERRIDES = {"prepare": ["output=/tmp/out"], "mntp": [], "simcse": [], "evaluate": [], "tune": [],
-                      "plan": [], "embed": [], "search": ["query=столица"], "serve": [], "export": []}
+STAGE_CONFIGS = {"prepare": PrepareConfig, "mntp": MNTPConfig, "simcse": SimCSEConfig,
+                 "contrastive": ContrastiveConfig, "evaluate": EvaluateConfig, "tune": TuneConfig, "plan": PlanConfig,
+                 "embed": EmbedConfig, "serve": ServeConfig, "search": SearchConfig, "export": ExportConfig,
+                 "pairs": PairsConfig, "tune_contrastive": TuneConfig}
+REQUIRED_OVERRIDES = {"prepare": ["output=/tmp/out"], "mntp": [], "simcse": [], "contrastive": [], "evaluate": [],
+                      "tune": [], "plan": [], "embed": [], "search": ["query=столица"], "serve": [], "export": [],
+                      "pairs": [], "tune_contrastive": []}
 
 
 @pytest.mark.parametrize("path", sorted(REPO.glob("configs/*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")

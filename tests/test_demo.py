@@ -44,20 +44,22 @@ def test_the_demo_runs_from_a_bare_clone_and_tells_its_story(tmp_path):
     assert done.returncode == 0, console[-5000:]
     report = clone / "runs" / "demo" / "eval"
     results = json.loads((report / "results.json").read_text())
-    assert list(results) == ["base: causal-last", "base: causal-mean", "base: bidirectional", "MNTP", "MNTP + SimCSE"]
+    assert list(results) == ["base: causal-last", "base: causal-mean", "base: bidirectional", "MNTP", "MNTP + pairs",
+                             "MNTP + SimCSE"]
     tasks = ["WikiLeadRetrieval", "WikiTitleRetrieval", "WikiCategoryClassification", "WikiCategoryClustering",
              "HardTriples"]
     assert all(list(scores) == tasks for scores in results.values())
-    assert 0 < results["MNTP + SimCSE"]["WikiLeadRetrieval"]["ndcg_at_10"] <= 1
+    assert 0 < results["MNTP + pairs"]["WikiLeadRetrieval"]["ndcg_at_10"] <= 1
     assert (report / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert "overlaps training text" in (report / "report.md").read_text()
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.tsv"))  # nothing downloaded
 
+    assert "\x1b[" not in console  # no ANSI colours in a pipe
     lines = console.splitlines()
     noisy = [line for line in lines if any(word in line for word in NOISE)]
     assert not noisy, "\n".join(noisy[:20])
     assert len(lines) < 150, console
-    for stage in ("prepare", "mntp", "simcse", "evaluate", "embed"):
+    for stage in ("prepare", "mntp", "simcse", "pairs", "contrastive", "evaluate", "embed"):
         assert f"[pipeline] {stage}" in console
-    assert "[mntp] step 40/40" in console and "[simcse] step 30/30" in console
-    assert "| MNTP + SimCSE |" in console and "report: runs/demo/eval/report.md" in console
+    assert "[mntp] step 40/40" in console and "[simcse] step 30/30" in console and "[contrastive] step 20/20" in console
+    assert "| MNTP + pairs |" in console and "report: runs/demo/eval/report.md" in console

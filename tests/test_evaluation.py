@@ -122,22 +122,34 @@ def test_exams_split_keeps_evaluation_paragraphs_out_of_the_pretraining_text(sha
     assert len(queries) == len(relevant) and 150 < len(queries) < 210  # about 30% of 593
     assert all(len(r) == 1 and next(iter(r)) < len(corpus) for r in relevant)
     assert not set(exams_paragraphs(path, "pretrain")) & set(corpus)
-    assert question_split("35dd6a13-7e71-11ea-9eb1-54bef70b159e") == question_split(
-        "35dd6a13-7e71-11ea-9eb1-54bef70b159e")
+
+
+def test_exams_question_split_is_a_stable_hash_with_a_30_percent_evaluation_share():
+    # sha1(id)[:8] as a fraction of 16**8, below 0.3: "eval" (the fractions computed by hand with hashlib)
+    assert question_split("35dd6a13-7e71-11ea-9eb1-54bef70b159e") == "eval"  # 0x15d75bae -> 0.085
+    assert question_split("q0") == "eval"  # 0x2cc0a011 -> 0.175
+    assert question_split("q1") == "pretrain"  # 0xe0417928 -> 0.876
+    share = sum(question_split(f"q{i}") == "eval" for i in range(2000)) / 2000
+    assert 0.27 < share < 0.33
 
 
 def test_the_evaluate_job_names_missing_data_and_a_missing_model(tmp_path):
-    def job(*settings):
+    def job(model, data):
         return subprocess.run([sys.executable, "jobs/evaluate.py", "--config", "configs/tiny/evaluate.yaml",
-                               f"model={tmp_path / 'missing'}", f"output={tmp_path / 'eval'}", *settings],
+                               f"model={model}", f"data={data}", f"output={tmp_path / 'eval'}"],
                               cwd=REPO, capture_output=True, text=True, timeout=300)
 
-    done = job(f"data={tmp_path / 'no-data'}")  # the tiny preset's tasks are built from the prepared pages
+    # a model path that does not exist is named before anything else is read
+    done = job(tmp_path / "missing", tmp_path / "no-data")
+    assert done.returncode == 1 and f"model={tmp_path / 'missing'} does not exist" in done.stderr
+    # the tiny preset's tasks are built from the prepared pages: missing ones are named before any model loads
+    (tmp_path / "not-a-model").mkdir()
+    done = job(tmp_path / "not-a-model", tmp_path / "no-data")
     assert done.returncode == 1 and f"data={tmp_path / 'no-data'} is not a prepared data directory" in done.stderr
     pages = [{"id": i, "title": f"T{i}", "text": f"Увод {i} " * 10 + "\n\n" + f"Текст {i} " * 40, "split": "train",
               "categories": ["К1" if i % 2 else "К2"]} for i in range(6)]
-    done = job(f"data={write_prepared_pages(tmp_path / 'data', pages)}")
-    assert done.returncode == 1 and "cannot load" in done.stderr and str(tmp_path / "missing") in done.stderr
+    done = job(tmp_path / "not-a-model", write_prepared_pages(tmp_path / "data", pages))
+    assert done.returncode == 1 and "cannot load" in done.stderr and str(tmp_path / "not-a-model") in done.stderr
     assert not (tmp_path / "eval").exists()
     assert " tasks in " not in done.stdout  # no model was evaluated
 
@@ -170,3 +182,65 @@ def test_bad_callable_encoders_are_named(path, options, message):
     spec = ModelSpec(name="m", path=path, kind="callable", options=options)
     with pytest.raises(Bg2VecError, match=message):
         load_encoder(spec, batch_size=2, max_length=None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def contrastive_dir(tmp_path_factory):
+    """A directory of stages mntp, simcse, contrastive with the query prompt "Намери пасаж: "."""
+    texts = [t for group in SENTENCES.values() for t in group]
+    tokenizer = train_bpe_tokenizer(iter(texts * 20), vocab_size=300)
+    return write_trained_encoder(tmp_path_factory.mktemp("contrastive"), tokenizer,
+                                 stages=("mntp", "simcse", "contrastive"), prompts={"query": "Намери пасаж: "})
+
+
+def test_the_baselines_of_a_contrastive_output_are_its_stages(contrastive_dir):
+    specs = baselines_of(str(contrastive_dir), ["all"])
+    assert [s.name for s in specs][3:] == ["MNTP", "MNTP + SimCSE", "MNTP + SimCSE + pairs"]
+    assert [(s.up_to_stage, s.query_instruction) for s in specs[3:]] == [("mntp", ""), ("simcse", ""), (None, None)]
+
+
+def test_retrieval_queries_get_the_model_s_instruction_and_passages_none(contrastive_dir, task_files, monkeypatch):
+    calls = []
+    encode = Bg2Vec.encode
+
+    def spy(self, sentences, *args, instruction=None, **kwargs):
+        calls.append((list(sentences), instruction))
+        return encode(self, sentences, *args, instruction=instruction, **kwargs)
+
+    monkeypatch.setattr(Bg2Vec, "encode", spy)
+    task = load_task(from_dict(TaskSpec, TASKS[2]), task_files)  # SportSearch: 4 queries, 8 passages
+    queries, corpus = SENTENCES["спорт"], SENTENCES["спорт"] + SENTENCES["наука"]
+    with_prompt = load_encoder(ModelSpec("m", str(contrastive_dir)), batch_size=4, max_length=None, device="cpu")
+    assert with_prompt.query_instruction == "Намери пасаж: "
+    scores = task.evaluate(with_prompt)
+    assert calls == [(queries, "Намери пасаж: "), (corpus, None)]
+    model = Bg2Vec.from_pretrained(contrastive_dir)
+    expected = metrics.retrieval(encode(model, queries, instruction="Намери пасаж: "), encode(model, corpus),
+                                 [{i: 1} for i in range(4)])
+    assert scores == pytest.approx(expected, abs=1e-6)
+    # the prompt removed (query_instruction ""): every text without an instruction, other scores
+    calls.clear()
+    without = load_encoder(ModelSpec("m", str(contrastive_dir), query_instruction=""), batch_size=4,
+                           max_length=None, device="cpu")
+    assert without.query_instruction is None and without.encode_queries is without.encode
+    unprompted = task.evaluate(without)
+    assert calls == [(queries, None), (corpus, None)]
+    assert unprompted == pytest.approx(metrics.retrieval(encode(model, queries), encode(model, corpus),
+                                                         [{i: 1} for i in range(4)]), abs=1e-6)
+    assert unprompted != pytest.approx(scores, abs=1e-6)
+
+
+def test_the_report_of_a_contrastive_output_names_each_row_s_query_instruction(contrastive_dir, task_files, tmp_path):
+    cfg = load_config(EvaluateConfig, None, [f"model={contrastive_dir}", f"output={tmp_path / 'eval'}",
+                                             f"data_dir={task_files}", "baselines=[bidirectional,mntp,contrastive]"])
+    cfg.tasks = [from_dict(TaskSpec, t) for t in TASKS if t["name"] in ("SportSearch", "Triples")]
+    results = evaluate(cfg)["results"]
+    assert list(results) == ["base: bidirectional", "MNTP", "MNTP + SimCSE + pairs"]
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert ("- base: bidirectional: none\n- MNTP: none\n- MNTP + SimCSE + pairs: `Намери пасаж: `\n" in report)
+    # the triples' anchors are not queries: the same as a plain encode of the full model
+    model = Bg2Vec.from_pretrained(contrastive_dir)
+    anchors, negatives = SENTENCES["спорт"], SENTENCES["наука"]
+    expected = metrics.triples(model.encode(anchors), model.encode([a.replace(".", "!") for a in anchors]),
+                               model.encode(negatives))
+    assert results["MNTP + SimCSE + pairs"]["Triples"]["margin"] == pytest.approx(expected["margin"], abs=1e-5)

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from bg2vec import Bg2Vec
 from bg2vec.config import load_config
+from bg2vec.data.tokenization import train_bpe_tokenizer
 from bg2vec.errors import Bg2VecError
 from bg2vec.export.config import ExportConfig
 from bg2vec.export.folder import export
@@ -221,3 +222,33 @@ def test_a_gemma_3_encoder_exports_with_tied_embeddings_and_sliding_windows(tmp_
     header = yaml.safe_load((tmp_path / "st" / "README.md").read_text().split("---")[1])
     assert header["base_model"] == "google/gemma-3-270m" and header["license"] == "gemma"
     assert summary["dimension"] == 640
+
+
+def test_a_contrastive_encoder_exports_its_query_prompt_and_matryoshka_dimensions(tmp_path):
+    """The contrastive stage's prompts["query"] becomes the folder's query prompt (encode_query gives
+    bg2vec's encode(instruction=...)); its Matryoshka dimensions are sentence-transformers' truncate_dim."""
+    from sentence_transformers import SentenceTransformer
+
+    # a byte-level BPE tokenises "prompt + text" as prompt and text apart: the comparison is exact
+    tokenizer = train_bpe_tokenizer(iter(TEXTS * 20), vocab_size=300)
+    trained = write_trained_encoder(tmp_path / "trained", tokenizer, stages=("mntp", "contrastive"),
+                                    prompts={"query": "Намери пасаж:\n"}, matryoshka_dims=[16, 8])
+    summary = export(export_config(trained, tmp_path / "st"))
+    assert summary["prompts"] == {"query": "Намери пасаж:\n", "document": ""}
+    assert summary["prompt_layouts"] == {"query": True} and summary["matryoshka_dims"] == [8, 16]
+    encoder = Bg2Vec.from_pretrained(trained)
+    ours, ours_query = encoder.encode(TEXTS), encoder.encode(TEXTS, instruction="Намери пасаж:\n")
+    assert not np.allclose(ours_query, ours, atol=1e-3)  # the prompt matters: the comparison below can fail
+    for theirs in sentence_transformers_embeddings(tmp_path / "st", tmp_path).values():
+        np.testing.assert_allclose(theirs["plain"], ours, atol=1e-5)
+        np.testing.assert_allclose(theirs["query"], ours_query, atol=1e-5)
+    truncated = SentenceTransformer(str(tmp_path / "st"), device="cpu", local_files_only=True, truncate_dim=8)
+    np.testing.assert_allclose(truncated.encode(TEXTS), ours[:, :8], atol=1e-5)
+    card = (tmp_path / "st" / "README.md").read_text()
+    assert "matryoshka" in yaml.safe_load(card.split("---")[1])["tags"]
+    assert 'SentenceTransformer("st", truncate_dim=16)' in card and "leading 8 / 16 of the 32 dimensions" in card
+    assert "queries = model.encode([\"Коя е столицата на България?\"], instruction='Намери пасаж:\\n')" in card
+    # an explicit query_prompt wins: query_prompt="" exports none
+    plain = export(export_config(trained, tmp_path / "plain", 'query_prompt=""'))
+    assert plain["prompts"]["query"] == "" and plain["prompt_layouts"] == {}
+    assert "encode_query" not in (tmp_path / "plain" / "README.md").read_text()

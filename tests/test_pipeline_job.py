@@ -14,6 +14,7 @@ from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("pipeline_job", REPO / "jobs" / "pipeline.py")
 pipeline = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = pipeline  # dataclasses look their module up there
 spec.loader.exec_module(pipeline)
 
 
@@ -23,10 +24,19 @@ def test_stages_are_wired_and_overrides_reach_their_stage(tmp_path):
     assert (configs["mntp"].data, configs["mntp"].output, configs["mntp"].max_steps) == (
         f"{tmp_path}/data", f"{tmp_path}/mntp", 7)
     assert (configs["simcse"].mntp, configs["simcse"].output) == (f"{tmp_path}/mntp", f"{tmp_path}/simcse")
-    assert (configs["evaluate"].model, configs["evaluate"].batch_size) == (f"{tmp_path}/simcse", 3)
+    # pairs mined from the prepared pages, their hard negatives by the encoder the contrastive stage starts from
+    assert (configs["pairs"].data, configs["pairs"].model, configs["pairs"].output) == (
+        f"{tmp_path}/data", f"{tmp_path}/mntp", f"{tmp_path}/pairs")
+    assert (configs["contrastive"].pairs, configs["contrastive"].mntp, configs["contrastive"].simcse,
+            configs["contrastive"].output) == (f"{tmp_path}/pairs", f"{tmp_path}/mntp", None, f"{tmp_path}/contrastive")
+    # the final encoder is evaluated and embedded; SimCSE, not among its stages, is a row of its own
+    assert (configs["evaluate"].model, configs["evaluate"].batch_size) == (f"{tmp_path}/contrastive", 3)
+    assert [(m.name, m.path) for m in configs["evaluate"].models][0] == ("MNTP + SimCSE", f"{tmp_path}/simcse")
     assert (configs["embed"].model, configs["embed"].input, configs["embed"].output) == (
-        f"{tmp_path}/simcse", f"{tmp_path}/data", f"{tmp_path}/embeddings")
+        f"{tmp_path}/contrastive", f"{tmp_path}/data", f"{tmp_path}/embeddings")
     assert configs["simcse"].max_steps == 30  # the preset's own value where nothing overrides it
+    for preset in ("tiny", "gemma3-270m", "bggpt-7b", "bggpt-gemma2-9b"):  # every preset has every stage
+        assert set(pipeline.stage_configs(preset, str(tmp_path), [])) == set(pipeline.STAGES)
     with pytest.raises(ConfigError, match="prefix it with a stage"):
         pipeline.stage_configs("tiny", str(tmp_path), ["max_steps=7"])
     with pytest.raises(ConfigError, match="no folder configs/huge"):
@@ -40,6 +50,11 @@ def test_the_command_line_names_what_is_missing(tmp_path):
     done = subprocess.run([sys.executable, "jobs/pipeline.py", "--preset", "tiny", f"output={tmp_path}",
                            "mntp.mask_ratio=7"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "mask_ratio" in done.stderr and not list(tmp_path.iterdir())
+    # overwrite is read as any config boolean (yes/no too), and a wrong value is named
+    assert pipeline.load_config(pipeline.PipelineSettings, None, ["output=x", "overwrite=yes"]).overwrite is True
+    done = subprocess.run([sys.executable, "jobs/pipeline.py", "--preset", "tiny", f"output={tmp_path}",
+                           "overwrite=maybe"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "overwrite must be true or false, got 'maybe'" in done.stderr
 
 
 def test_missing_or_undownloadable_evaluation_files_stop_the_pipeline_before_any_stage(tmp_path, fast_retries):

@@ -17,7 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from sentence_transformers.util.quantization import _dequantize_embeddings, quantize_embeddings, semantic_search_faiss
 
+from bg2vec import Bg2Vec
 from bg2vec.config import load_config
+from bg2vec.data.tokenization import train_bpe_tokenizer
 from bg2vec.embedding.config import EmbedConfig, IndexConfig, SearchConfig
 from bg2vec.embedding.index import SearchIndex, build_index
 from bg2vec.embedding.pipeline import embed
@@ -30,7 +32,7 @@ from bg2vec.embedding.quantization import (
 )
 from bg2vec.embedding.search import search
 from bg2vec.errors import Bg2VecError
-from conftest import REPO
+from conftest import REPO, write_trained_encoder
 
 DIM, TOP_K, MULTIPLIER = 44, 10, 4  # 44: the bits do not fill whole bytes
 
@@ -44,8 +46,9 @@ def unit_vectors(rng, n: int, centers: int = 0) -> np.ndarray:
 
 
 def indexed(root, vectors: np.ndarray, kind: str = "flat", shard_sizes=None,
-            precisions=("float32", "int8", "binary")) -> SearchIndex:
-    """``vectors`` as an embedding output at ``root`` (shards of ``shard_sizes`` rows), indexed as ``kind``."""
+            precisions=("float32", "int8", "binary"), model: str = "m") -> SearchIndex:
+    """``vectors`` as an embedding output at ``root`` (shards of ``shard_sizes`` rows) of encoder ``model``,
+    indexed as ``kind``."""
     sizes = shard_sizes or [len(vectors)]
     (root / "vectors").mkdir(parents=True)
     start = 0
@@ -55,11 +58,12 @@ def indexed(root, vectors: np.ndarray, kind: str = "flat", shard_sizes=None,
             "id": np.arange(start, start + n), "passage_index": np.zeros(n, np.int32),
             "title": [f"title {j}" for j in range(start, start + n)], "passage": [f"passage {j}" for j in
                                                                                  range(start, start + n)],
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1), pa.float32()), DIM)}),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1), pa.float32()), vectors.shape[1])}),
             root / "vectors" / f"s{i}.parquet", row_group_size=16)
         start += n
     build_index(pafs.LocalFileSystem(), str(root), IndexConfig(list(precisions), kind),
-                [(f"s{i}.parquet", n) for i, n in enumerate(sizes)], DIM, {"model": "m", "normalize": True})
+                [(f"s{i}.parquet", n) for i, n in enumerate(sizes)], vectors.shape[1],
+                {"model": model, "normalize": True})
     return SearchIndex(str(root))
 
 
@@ -282,3 +286,32 @@ def test_the_search_job_names_bad_input(embedded, tmp_path):
     empty = search_job(f"index={out}", "   ")
     assert empty.returncode == 2 and "the query is empty" in empty.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_query_gets_the_encoder_s_instruction_unless_the_config_names_one(tmp_path, capsys):
+    """An encoder of the contrastive stage has prompts["query"]: search() puts it before the query by
+    default; instruction=... replaces it, instruction="" leaves the query bare."""
+    texts = ["Столицата на България е София.", "Пловдив е вторият по големина град.", "Рила е планина.",
+             "Дунав е река."]
+    tokenizer = train_bpe_tokenizer(iter(texts * 20), vocab_size=300)
+    model = write_trained_encoder(tmp_path / "model", tokenizer, stages=("mntp", "contrastive"),
+                                  prompts={"query": "Намери пасаж: "})
+    encoder = Bg2Vec.from_pretrained(model)
+    vectors = encoder.encode(texts)
+    indexed(tmp_path / "out", vectors, precisions=("float32",), model=str(model))
+    query = "Кой град е столицата на България?"
+
+    def scores(*overrides: str) -> list[float]:
+        printed = search(load_config(SearchConfig, None, [f"index={tmp_path / 'out'}", f"query={query}", "top_k=4",
+                                                          *overrides]))
+        return [float(line.split()[1]) for line in printed.splitlines()[1::2]]
+
+    def expected(instruction: str | None) -> list[float]:
+        return sorted((vectors @ encoder.encode([query], instruction=instruction)[0]).tolist(), reverse=True)
+
+    assert not np.allclose(expected("Намери пасаж: "), expected(None), atol=1e-3)  # the checks below can fail
+    assert scores() == pytest.approx(expected("Намери пасаж: "), abs=1e-4)
+    assert "the query gets the instruction 'Намери пасаж: '" in capsys.readouterr().out
+    assert scores('instruction=""') == pytest.approx(expected(None), abs=1e-4)
+    assert "instruction" not in capsys.readouterr().out
+    assert scores("instruction=Търси: ") == pytest.approx(expected("Търси: "), abs=1e-4)

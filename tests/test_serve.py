@@ -1,13 +1,17 @@
 """The embeddings server (jobs/serve.py, bg2vec.serving): OpenAI's client gets exactly Bg2Vec.encode's vectors,
-concurrent requests share batches, bad requests are OpenAI-shaped 4xx errors, and the job starts and stops cleanly."""
+concurrent requests share batches, bad and hostile requests are OpenAI-shaped 4xx errors that leave the replica
+serving, a large request does not stall the others, and the job starts and stops cleanly."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import pickle
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +29,7 @@ from bg2vec import Bg2Vec
 from bg2vec.config import load_config
 from bg2vec.errors import ConfigError
 from bg2vec.ray_utils import free_port
+from bg2vec.serving.app import application
 from bg2vec.serving.config import ServeConfig
 from conftest import REPO, write_trained_encoder
 
@@ -52,6 +57,13 @@ def test_config_mistakes_are_named(overrides, message):
     with pytest.raises(ConfigError) as e:
         config(*overrides)
     assert message in str(e.value)
+
+
+def test_replicas_get_the_key_s_digest_only():
+    app = application(config("model=m", "api_key=s3cret-key"), "m", 0)
+    # what Serve stores and hands every replica: the deployment's bound arguments
+    stored = pickle.dumps(app._bound_deployment.init_args) + pickle.dumps(app._bound_deployment.init_kwargs)
+    assert b"s3cret-key" not in stored and hashlib.sha256(b"s3cret-key").hexdigest().encode() in stored
 
 
 def test_served_name_and_key_sources(monkeypatch):
@@ -105,7 +117,8 @@ class Job:
 def servers(ray_local, encoder_dir):
     """Two servers, started at once: jobs/serve.py (its own local Ray; over-long inputs truncated; the key
     from an environment variable; batches of up to 8 inputs) and, on the tests' Ray, "strict" at /strict
-    (over-long inputs refused, at most 4 inputs per request, the key in its config)."""
+    (over-long inputs refused, at most 4 inputs per request, bodies up to 4 KiB, inputs up to 1,000 characters,
+    the key in its config)."""
     from ray import serve
 
     from bg2vec.serving.launch import deploy
@@ -116,7 +129,7 @@ def servers(ray_local, encoder_dir):
     try:
         strict = deploy(config(f"model={encoder_dir}", f"port={port}", "cpus_per_replica=0.5", "served_name=strict",
                                "route_prefix=/strict", "overlong_policy=error", "max_inputs_per_request=4",
-                               f"api_key={KEY}"))
+                               "max_request_bytes=4096", "max_input_chars=1000", f"api_key={KEY}"))
         assert strict == f"http://127.0.0.1:{port}/strict/v1"
         job.wait_for("serving ")
         yield {"job": job, "job_url": f"http://127.0.0.1:{job_port}/v1", "strict": strict}
@@ -127,8 +140,9 @@ def servers(ray_local, encoder_dir):
 
 
 def http(method: str, url: str, body: object = None, key: str | None = None) -> tuple[int, dict]:
-    """(status, decoded JSON body) of one plain HTTP request; a str body is sent as it is."""
-    data = body.encode() if isinstance(body, str) else None if body is None else json.dumps(body).encode()
+    """(status, decoded JSON body) of one plain HTTP request; a str or bytes body is sent as it is."""
+    data = (body.encode() if isinstance(body, str) else body if isinstance(body, bytes) or body is None
+            else json.dumps(body, ensure_ascii=False).encode())
     request = urllib.request.Request(url, data=data, method=method, headers={
         "Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
     try:
@@ -222,7 +236,17 @@ BAD_REQUESTS = {
     "unknown argument": ({"model": "strict", "input": "a", "temperature": 0}, 400, "temperature", None,
                          "unrecognized request argument supplied: temperature"),
     "not JSON": ("{not json", 400, None, None, "not valid JSON"),
+    "not UTF-8": (b'{"model": "strict", "input": "\xff"}', 400, None, None, "not valid JSON"),
     "a JSON list": ([1, 2], 400, None, None, "must be a JSON object, not a list"),
+    "a lone surrogate": ('{"model": "strict", "input": ["a", "b\\ud800c"]}', 400, "input", None,
+                         "input[1] holds a lone UTF-16 surrogate (U+D800) at character 1"),
+    "deeply nested": ('{"model": "strict", "input": ' + "[" * 1500 + "]" * 1500 + "}", 400, None, None,
+                      "nested too deeply"),
+    "an input over max_input_chars": ({"model": "strict", "input": ["a", "б" * 1001]}, 400, "input",
+                                      "string_above_max_length", "input[1] has 1,001 characters, more than this "
+                                      "server's limit of 1,000 (max_input_chars)"),
+    "a body over max_request_bytes": ({"model": "strict", "input": ["a" * 1000] * 5}, 413, None, "request_too_large",
+                                      "larger than this server's limit of 4,096 bytes (max_request_bytes)"),
 }
 
 
@@ -251,6 +275,9 @@ def test_keys_routes_and_recovery(servers, encoder):
     assert http("GET", url.removesuffix("/v1") + "/stats")[0] == 401
     status, response = http("GET", url + "/nothing", key=KEY)
     assert status == 404 and "this server offers POST /v1/embeddings" in response["error"]["message"]
+    for path in ("/docs", "/redoc", "/openapi.json"):  # FastAPI's own pages are off, key or not
+        for key in (None, KEY):
+            assert http("GET", url.removesuffix("/v1") + path, key=key)[0] == 404
     with pytest.raises(openai.BadRequestError) as e:
         client(url, KEY).embeddings.create(model="strict", input=[])
     assert e.value.param == "input" and e.value.status_code == 400
@@ -261,14 +288,45 @@ def test_keys_routes_and_recovery(servers, encoder):
     assert after["replica"] == before["replica"] and after["requests"] == before["requests"] + 1
 
 
+def test_a_large_request_is_cut_and_does_not_stall_the_others(servers, encoder):
+    """80 inputs of 90,000 characters (14 MB): the replica tokenises only their prefixes, off its event loop,
+    so /health answers at once meanwhile; the vectors are encode's of the whole texts."""
+    url = servers["job_url"]
+    base = "Дълъг текст за проверка на сървъра при големи заявки, " * 2000
+    texts = [f"{i} {base}"[:90_000] for i in range(80)]
+    answer = {}
+    big = threading.Thread(target=lambda: answer.update(response=http("POST", url + "/embeddings", {
+        "model": "bg2vec", "input": texts}, key=KEY)))
+    big.start()
+    waits = []
+    while big.is_alive():
+        began = time.perf_counter()
+        assert http("GET", url.removesuffix("/v1") + "/health")[0] == 200
+        waits.append(time.perf_counter() - began)
+        time.sleep(0.05)
+    status, body = answer["response"]
+    assert status == 200 and body["usage"]["prompt_tokens"] == 80 * MAX_LENGTH, str(body)[:500]
+    assert len(waits) >= 3 and max(waits) < 1.0, waits
+    np.testing.assert_allclose(np.array([d["embedding"] for d in body["data"][:3]]), encoder.encode(texts[:3]),
+                               atol=1e-5)
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["model=/nonexistent/encoder"], 1, "model /nonexistent/encoder does not exist"),
     (["api_key_env=SERVE_TEST_UNSET"], 1, "environment variable SERVE_TEST_UNSET is not set"),
     (["portt=8001"], 2, "unknown key 'portt' (did you mean 'port'?)"),
+    (["port={busy}"], 1, "port={busy} on 127.0.0.1 cannot be used (Address already in use): another server"),
+    (["model={folder}"], 1, "model {folder} is not an encoder (no bg2vec_config.json or config.json in it)"),
 ])
-def test_job_refuses_bad_settings(encoder_dir, args, code, message):
-    job = Job(f"model={encoder_dir}", *args)
-    out, err = job.process.communicate(timeout=120)
+def test_job_refuses_bad_settings(encoder_dir, tmp_path, args, code, message):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        names = {"busy": busy.getsockname()[1], "folder": tmp_path}
+        job = Job(f"model={encoder_dir}", *[a.format(**names) for a in args])
+        out, err = job.process.communicate(timeout=120)
+    message = message.format(**names)
     assert job.process.returncode == code and message in err and "Traceback" not in err, err
     assert "started a local Ray" not in out  # refused before Ray starts
 

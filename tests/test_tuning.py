@@ -13,10 +13,10 @@ import pytest
 from bg2vec import tuning
 from bg2vec.config import load_config
 from bg2vec.errors import Bg2VecError, ConfigError
-from bg2vec.training.config import MNTPConfig, SimCSEConfig
-from bg2vec.tuning import TuneConfig, stage_settings, trial_configs
+from bg2vec.training.config import ContrastiveConfig, MNTPConfig, SimCSEConfig
+from bg2vec.tuning import TuneConfig, contrastive_trial_config, stage_settings, trial_configs
 from bg2vec.tuning_report import TrialRecord, write_report
-from conftest import REPO
+from conftest import REPO, write_trained_encoder
 
 
 def tiny(*overrides: str) -> TuneConfig:
@@ -101,11 +101,12 @@ def _records(tmp_path):
 
 
 def test_the_report_names_the_best_finished_trial_and_shows_every_trial(tmp_path):
-    best = write_report(str(tmp_path), _records(tmp_path), mntp_steps=4, total_steps=8, searcher="random")
+    best = write_report(str(tmp_path), _records(tmp_path), {"mntp": 4, "simcse": 4}, searcher="random")
     # a: the highest score, but stopped early (no model); b: the best trial that finished
     assert best == json.loads((tmp_path / "best.json").read_text())
     assert (best["trial_id"], best["dev_score"], best["config"]["mask_ratio"]) == ("b", 0.7, 0.4)
     assert best["model"].endswith("trials/b/simcse") and best["checkpoint"] == "/runs/simcse-b/checkpoint_0000004"
+    assert best["mntp_model"].endswith("trials/b/mntp")
     table = (tmp_path / "trials.md").read_text()
     rows = [line for line in table.splitlines() if re.match(r"\| [abcd] \|", line)]
     assert [r.split()[1] for r in rows] == ["a", "b", "c", "d"]  # by final dev_score
@@ -118,8 +119,59 @@ def test_the_report_names_the_best_finished_trial_and_shows_every_trial(tmp_path
 def test_no_finished_trial_is_an_error_and_writes_no_best(tmp_path):
     records = [r for r in _records(tmp_path) if r.status != "completed"]
     with pytest.raises(Bg2VecError, match="no trial of the search finished.*errors: the mntp loss became nan$"):
-        write_report(str(tmp_path), records, mntp_steps=4, total_steps=8, searcher="random")
+        write_report(str(tmp_path), records, {"mntp": 4, "simcse": 4}, searcher="random")
     assert (tmp_path / "trials.md").exists() and not (tmp_path / "best.json").exists()
+
+
+def contrastive_search(*overrides: str) -> TuneConfig:
+    return load_config(TuneConfig, str(REPO / "configs" / "tiny" / "tune_contrastive.yaml"),
+                       ["pairs=/p", "mntp=/m", "output=/o", f"contrastive_config={REPO}/configs/tiny/contrastive.yaml",
+                        *overrides])
+
+
+def test_a_contrastive_search_trains_that_stage_alone_with_the_sampled_temperature_and_lr():
+    settings = stage_settings(contrastive_search())
+    assert tuning.trial_stages(settings) == ["contrastive"]
+    params = {"temperature": 0.03, "contrastive_lr": 1e-3}
+    trial = contrastive_trial_config(settings, params, "/o/trials/t1", "t1")
+    assert isinstance(trial, ContrastiveConfig)
+    assert (trial.temperature, trial.optim.lr, trial.max_steps, trial.scaling.num_workers) == (0.03, 1e-3, 8, 1)
+    assert (trial.pairs, trial.mntp, trial.simcse) == ("/p", "/m", None)
+    assert (trial.output, trial.run.name, trial.run.dev_blocks) == ("/o/trials/t1/contrastive", "contrastive-t1", 64)
+    assert trial.query_instruction == ContrastiveConfig.query_instruction  # not searched: the stage config's
+    assert set(contrastive_search().space.param_space(contrastive=True)) == {"temperature", "contrastive_lr"}
+    assert tuning.trial_resources(settings, driver_cpus=0.5) == {"CPU": 1.0}
+    # simcse= replaces the config's mntp as the start
+    started = stage_settings(contrastive_search("mntp=null", "simcse=/s"))["contrastive"]
+    assert (started["mntp"], started["simcse"]) == (None, "/s")
+    cfg = load_config(TuneConfig, str(REPO / "configs" / "gemma3-270m" / "tune_contrastive.yaml"),
+                      [f"contrastive_config={REPO}/configs/gemma3-270m/contrastive.yaml"])
+    assert stage_settings(cfg)["contrastive"]["matryoshka_dims"] == [64, 128, 256]
+
+
+@pytest.mark.parametrize("search, override, message", [
+    (contrastive_search, "data=/d", "contrastive_config is set.*data must be left out"),
+    (contrastive_search, "space.simcse_lr=[1e-4, 1e-3]", "space.simcse_lr must be left out"),
+    (tiny, "space.contrastive_lr=[1e-4, 1e-3]", "belong to a search of the contrastive stage"),
+    (tiny, "mntp_config=null", "mntp_config and simcse_config are required"),
+])
+def test_settings_of_the_other_search_are_refused(search, override, message):
+    with pytest.raises(ConfigError, match=message):
+        search(override)
+
+
+def test_a_contrastive_search_names_missing_inputs_before_ray_starts(tmp_path):
+    with pytest.raises(Bg2VecError, match="pairs=/p has no manifest.json: give the output of jobs/pairs.py"):
+        tuning.run_search(contrastive_search(f"output={tmp_path}"))
+
+
+def test_the_report_of_a_contrastive_search_names_its_objective(tmp_path):
+    records = [TrialRecord("a", {"temperature": 0.05}, [(2, 0.5), (8, 0.8)], "completed",
+                           str(tmp_path / "trials" / "a" / "contrastive"))]
+    best = write_report(str(tmp_path), records, {"contrastive": 8}, searcher="random")
+    assert set(best) == {"trial_id", "dev_score", "config", "model", "checkpoint", "trials", "searcher"}
+    table = (tmp_path / "trials.md").read_text()
+    assert "MRR of the validation queries finding their positives" in table and "8 steps (contrastive)" in table
 
 
 # ------------------------------------------------------------------------------------- end to end
@@ -157,3 +209,33 @@ def test_the_tiny_search_runs_stops_trials_early_and_resumes(tmp_path):
     # the same command again: Tuner.restore finds every trial finished and writes the same report
     stdout = job("tune", *search)
     assert "resuming the search" in stdout and json.loads((out / "best.json").read_text()) == best
+
+
+@pytest.mark.slow
+def test_a_tiny_contrastive_search_trial_trains_the_stage_with_its_sampled_settings(ray_local, prepared_sample,
+                                                                                   tmp_path):
+    """One 2-step trial of the contrastive stage from a tiny MNTP output on pairs in the contract's layout (the
+    search's wiring is tested above; each trial is a Ray Train + DeepSpeed run, too slow for two here)."""
+    import pyarrow.parquet as pq
+    from test_contrastive_stage import write_pairs
+    from transformers import AutoTokenizer
+
+    from bg2vec import Bg2Vec
+
+    pairs = write_pairs(tmp_path / "pairs", pq.read_table(prepared_sample / "pages").to_pylist())
+    mntp = write_trained_encoder(tmp_path / "mntp", AutoTokenizer.from_pretrained(prepared_sample / "tokenizer"),
+                                 stages=("mntp",))
+    out = tmp_path / "tune"
+    result = tuning.run_search(contrastive_search(
+        f"pairs={pairs}", f"mntp={mntp}", f"output={out}", "num_samples=1", "asha.grace_period=1",
+        "contrastive_overrides=[max_steps=2, global_batch_size=8, optim.warmup_steps=1, scaling.num_workers=1, "
+        "scaling.cpus_per_worker=0.5, run.log_every=2, run.eval_every=2, run.checkpoint_every=2, run.dev_blocks=16]"))
+    assert len(result["records"]) == 1 and result["records"][0].history[-1][0] == 2
+    best = json.loads((out / "best.json").read_text())
+    assert set(best["config"]) == {"temperature", "contrastive_lr"} and 0 < best["dev_score"] <= 1
+    assert best["model"] == str(out / "trials" / best["trial_id"] / "contrastive")
+    saved = json.loads((out / "trials" / best["trial_id"] / "contrastive" / "bg2vec_config.json").read_text())
+    assert [s["name"] for s in saved["stages"]] == ["mntp", "contrastive"]
+    assert saved["stages"][1]["hyperparameters"]["temperature"] == pytest.approx(best["config"]["temperature"])
+    assert Bg2Vec.from_pretrained(best["model"]).config.prompts["query"] == ContrastiveConfig.query_instruction
+    assert "MRR of the validation queries finding their positives" in (out / "trials.md").read_text()

@@ -1,4 +1,9 @@
-"""The prepared directory: its layout, claiming it, and publishing it (manifest last)."""
+"""Output directories completed by a manifest written last: claiming them, and publishing them.
+
+:class:`PreparedDir` (jobs/prepare_data.py) and the pairs directory (jobs/pairs.py) share the rule: a
+directory with ``manifest.json`` is complete; a run removes the manifest first, then what an earlier
+run left in its subfolders, writes its files (each one published by rename), and the manifest last.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +16,58 @@ from bg2vec import storage
 from bg2vec.errors import Bg2VecError
 
 log = logging.getLogger(__name__)
-SUBDIRS = ("pages", "blocks", "tokenizer")
 
 
-class PreparedDir:
-    """``DIR/{pages,blocks/<split>,tokenizer}/`` and ``DIR/manifest.json``, local or on a cloud store."""
+class ManifestDir:
+    """``DIR/<SUBDIRS>/`` and ``DIR/manifest.json``, local or on a cloud store."""
+
+    SUBDIRS: tuple[str, ...] = ()
+    CONTENT = "output"
+    """What a complete directory holds, for the refusal to replace it."""
 
     def __init__(self, uri: str):
         # workers do not share the driver's working directory: hand them absolute locations
         self.uri = storage.absolute(uri)
         self.fs, self.base = storage.resolve(self.uri)
         self.manifest_path = storage.join(self.base, "manifest.json")
+
+    def check_free(self, overwrite: bool) -> None:
+        """Refuse to replace a complete directory unless asked to."""
+        if not overwrite and storage.exists(self.fs, self.manifest_path):
+            raise Bg2VecError(f"{storage.redact(self.uri)} already holds a complete {self.CONTENT} (manifest.json); "
+                              f"pass overwrite=true to replace it, or choose another output")
+
+    def claim(self) -> None:
+        """Make the directory ready for a new run, removing what an earlier run left."""
+        if storage.exists(self.fs, self.manifest_path):
+            self.fs.delete_file(self.manifest_path)  # first: from here on it no longer looks complete
+        for sub in self.SUBDIRS:
+            path = storage.join(self.base, sub)
+            if storage.exists(self.fs, path):
+                log.info("removing %s left by an earlier run", path)
+                self.fs.delete_dir(path)
+        self.fs.create_dir(self.base, recursive=True)
+
+    def discard(self) -> None:
+        """Remove what a failed run wrote (never files it did not create)."""
+        for sub in self.SUBDIRS:
+            path = storage.join(self.base, sub)
+            try:
+                if storage.exists(self.fs, path):
+                    self.fs.delete_dir(path)
+            except OSError as e:
+                log.warning("could not remove %s after the failure: %s", path, e)
+
+    def write_manifest(self, manifest: dict) -> None:
+        data = storage.redact(json.dumps(manifest, indent=2, ensure_ascii=False)).encode("utf-8")
+        storage.write_bytes_atomic(self.fs, self.manifest_path, data)
+
+
+class PreparedDir(ManifestDir):
+    """``DIR/{pages,blocks/<split>,tokenizer}/`` and ``DIR/manifest.json``."""
+
+    SUBDIRS = ("pages", "blocks", "tokenizer")
+    CONTENT = "prepared dataset"
 
     @property
     def pages_uri(self) -> str:
@@ -31,33 +77,6 @@ class PreparedDir:
     def blocks_uri(self) -> str:
         return storage.child(self.uri, "blocks")
 
-    def check_free(self, overwrite: bool) -> None:
-        """Refuse to replace a complete prepared directory unless asked to."""
-        if not overwrite and storage.exists(self.fs, self.manifest_path):
-            raise Bg2VecError(f"{storage.redact(self.uri)} already holds a complete prepared dataset (manifest.json); "
-                              f"pass overwrite=true to replace it, or choose another output")
-
-    def claim(self) -> None:
-        """Make the directory ready for a new run, removing what an earlier run left."""
-        if storage.exists(self.fs, self.manifest_path):
-            self.fs.delete_file(self.manifest_path)  # first: from here on it no longer looks complete
-        for sub in SUBDIRS:
-            path = storage.join(self.base, sub)
-            if storage.exists(self.fs, path):
-                log.info("removing %s left by an earlier run", path)
-                self.fs.delete_dir(path)
-        self.fs.create_dir(self.base, recursive=True)
-
-    def discard(self) -> None:
-        """Remove what a failed run wrote (never files it did not create)."""
-        for sub in SUBDIRS:
-            path = storage.join(self.base, sub)
-            try:
-                if storage.exists(self.fs, path):
-                    self.fs.delete_dir(path)
-            except OSError as e:
-                log.warning("could not remove %s after the failure: %s", path, e)
-
     def save_tokenizer(self, tokenizer) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer.save_pretrained(tmp)
@@ -66,7 +85,3 @@ class PreparedDir:
             for name in os.listdir(tmp):
                 with open(os.path.join(tmp, name), "rb") as f:
                     storage.write_bytes_atomic(self.fs, storage.join(dest, name), f.read())
-
-    def write_manifest(self, manifest: dict) -> None:
-        data = storage.redact(json.dumps(manifest, indent=2, ensure_ascii=False)).encode("utf-8")
-        storage.write_bytes_atomic(self.fs, self.manifest_path, data)

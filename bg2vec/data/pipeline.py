@@ -69,6 +69,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     before the output is touched and before any cluster work starts.
     """
     started = time.time()
+    storage.check_apart(cfg.output, {"dump": cfg.dump, "tokenizer.name_or_path": cfg.tokenizer.name_or_path})
     out = PreparedDir(cfg.output)
     out.check_free(overwrite=cfg.overwrite)
     tc = cfg.tokenizer

@@ -22,14 +22,14 @@ from bg2vec import storage
 from bg2vec.data.packing import BlockPacker, blocks_to_arrow
 
 SPLITS = ("train", "validation")
-PAGE_COLUMNS = ("id", "title", "text", "split", "revision_id", "categories")
+PAGE_COLUMNS = ("id", "title", "text", "split", "revision_id", "categories", "sections")
 PAGES_MIN_ROWS_PER_FILE = 1_000
 DOCS_MIN_ROWS_PER_SHARD = 1_000
 PAGES_PER_ROW_GROUP = 1024
 BLOCKS_PER_ROW_GROUP = 1024
 
 
-class _ParquetFile:
+class ParquetFile:
     """A Parquet file that appears under its final name only once closed; row groups of at least
     ``group_rows`` rows however small the batches written to it."""
 
@@ -58,7 +58,7 @@ class _ParquetFile:
         storage.publish(self.fs, self.staged, self.path)
 
 
-class _CountingSink(Datasink):
+class CountingSink(Datasink):
     """Keeps the write tasks' returned counts on the driver, where Ray calls on_write_complete."""
 
     results: list = []
@@ -67,7 +67,7 @@ class _CountingSink(Datasink):
         self.results = list(write_result.write_returns)
 
 
-class PagesDatasink(_CountingSink):
+class PagesDatasink(CountingSink):
     """Writes kept pages to ``pages/``; counts every page by skip reason.
 
     ``min_rows``: the fewest pages per file; None writes what each upstream task made, which lets Ray
@@ -97,7 +97,7 @@ class PagesDatasink(_CountingSink):
             stats["kept"].update(kept["split"].to_pylist())
             stats["chars"] += pc.sum(pc.utf8_length(kept["text"])).as_py()
             if out is None:
-                out = _ParquetFile(self.pages_dir, name, kept.schema, PAGES_PER_ROW_GROUP)
+                out = ParquetFile(self.pages_dir, name, kept.schema, PAGES_PER_ROW_GROUP)
                 stats["files"].append(name)
             out.write(kept)
         if out is not None:
@@ -105,7 +105,7 @@ class PagesDatasink(_CountingSink):
         return stats
 
 
-class BlocksDatasink(_CountingSink):
+class BlocksDatasink(CountingSink):
     """Packs tokenised documents into ``blocks/<split>/`` files of ``seq_len``-token rows.
 
     ``min_rows``: the fewest documents per shard (each shard drops its last partial block per
@@ -121,7 +121,7 @@ class BlocksDatasink(_CountingSink):
 
     def write(self, blocks: Iterable[Block], ctx) -> dict:
         packers = {split: BlockPacker(self.seq_len) for split in SPLITS}
-        files: dict[str, _ParquetFile] = {}
+        files: dict[str, ParquetFile] = {}
         docs: Counter = Counter()
         name = f"part-{ctx.task_idx:05d}-{self.run_id}.parquet"
         schema = pa.schema([("input_ids", pa.list_(pa.int32()))])
@@ -136,7 +136,7 @@ class BlocksDatasink(_CountingSink):
                 full = packers[split].add(tokens)
                 if len(full):
                     if split not in files:
-                        files[split] = _ParquetFile(storage.child(self.blocks_dir, split), name, schema,
+                        files[split] = ParquetFile(storage.child(self.blocks_dir, split), name, schema,
                                                     BLOCKS_PER_ROW_GROUP)
                     files[split].write(pa.table({"input_ids": blocks_to_arrow(full)}, schema=schema))
         for f in files.values():

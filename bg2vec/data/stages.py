@@ -17,34 +17,37 @@ from bg2vec.data.packing import with_special_tokens
 from bg2vec.data.splits import split_of
 from bg2vec.data.wikitext import WikitextCleaner
 
+SECTIONS_TYPE = pa.list_(pa.struct([("heading_path", pa.list_(pa.string())), ("text", pa.string())]))
 CLEAN_SCHEMA = pa.schema([("id", pa.int64()), ("title", pa.string()), ("text", pa.string()),
                           ("split", pa.string()), ("revision_id", pa.int64()),
-                          ("categories", pa.list_(pa.string())), ("skip_reason", pa.string()),
+                          ("categories", pa.list_(pa.string())), ("sections", SECTIONS_TYPE),
+                          ("skip_reason", pa.string()),
                           ("lost_bytes", pa.int64()), ("problem", pa.string())])
 
 
 def clean_pages(batch: pa.Table, *, cleaning: CleaningConfig, namespaces: dict[int, str],
                 validation_fraction: float) -> pa.Table:
-    """Ray Data stage: raw pages -> cleaned text, categories, split and skip reason."""
+    """Ray Data stage: raw pages -> cleaned text, categories, sections, split and skip reason."""
     cleaner = WikitextCleaner(cleaning, namespaces)  # cheap to build: compiled patterns are cached
-    texts, categories, splits, reasons = [], [], [], []
+    texts, categories, sections, splits, reasons = [], [], [], [], []
     for page_id, wikitext, reason in zip(batch["id"].to_pylist(), batch["wikitext"].to_pylist(),
                                          batch["skip_reason"].to_pylist()):
-        text, cats = "", []
+        text, cats, parts = "", [], []
         if reason is None:
             if cleaner.is_redirect(wikitext):
                 reason = "redirect"
             else:
                 page = cleaner.clean(wikitext)
                 reason, cats = page.skip_reason, page.categories
-                text = page.text if reason is None else ""
+                text, parts = (page.text, page.sections) if reason is None else ("", [])
         texts.append(text)
         categories.append(cats)
+        sections.append(parts)
         reasons.append(reason)
         splits.append(split_of(page_id, validation_fraction) if reason is None else None)
     return pa.table({"id": batch["id"], "title": batch["title"], "text": texts, "split": splits,
                      "revision_id": batch["revision_id"], "categories": categories,
-                     "skip_reason": reasons, "lost_bytes": batch["lost_bytes"],
+                     "sections": sections, "skip_reason": reasons, "lost_bytes": batch["lost_bytes"],
                      "problem": batch["problem"]}, schema=CLEAN_SCHEMA)
 
 

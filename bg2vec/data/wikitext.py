@@ -13,7 +13,8 @@ Per page:
 3. the tokens are rendered: link text kept; file, category and interlanguage links dropped
    (categories collected); headings kept as section breaks; list items as lines; entities decoded;
 4. leftover markup and empty brackets are removed, whitespace normalised, references/links
-   sections dropped, and headings of sections left without text removed.
+   sections dropped, and headings of sections left without text removed;
+5. the page's structure is kept apart as ``sections``: the paragraphs under each chain of headings.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class CleanedPage:
     categories: list[str] = field(default_factory=list)
     skip_reason: str | None = None
     """None when kept; else why: too_large, timeout, parse_error, disambiguation, empty, too_short."""
+    sections: list[dict] = field(default_factory=list)
+    """{"heading_path": [...], "text": ...} in page order, the lead first with an empty heading path;
+    only sections with text of their own. Their texts joined by a blank line are ``text`` without its
+    heading lines."""
 
 
 class PageTimeout(Exception):
@@ -101,13 +106,14 @@ class WikitextCleaner:
             return CleanedPage("", skip_reason="timeout")
         except (ParserError, RecursionError, MemoryError):
             return CleanedPage("", skip_reason="parse_error")
-        text = self._assemble(renderer.finish())
+        blocks = self._assemble(renderer.finish())
+        text = "\n\n".join(item for _, item in blocks)
         categories = list(dict.fromkeys(renderer.categories))
         if not text:
             return CleanedPage("", categories, "empty")
         if len(text) < self.cfg.min_text_chars:
             return CleanedPage(text, categories, "too_short")
-        return CleanedPage(text, categories)
+        return CleanedPage(text, categories, sections=_sections(blocks))
 
     def _kept_template_text(self, name: str, inner: str) -> str | None:
         position = self.keep_exact.get(name)
@@ -118,9 +124,9 @@ class WikitextCleaner:
         params = [p for p in markup_spans.template_params(inner) if "=" not in p.split("[[")[0]]
         return params[position - 1] if len(params) >= position else None
 
-    def _assemble(self, rendered: str) -> str:
-        """Paragraphs and section breaks from the rendered page: drop the sections to drop, and
-        the headings of sections left without text."""
+    def _assemble(self, rendered: str) -> list[tuple[int, str]]:
+        """Paragraphs and headings from the rendered page, as (heading level, or 0 for a paragraph;
+        text): drop the sections to drop, and the headings of sections left without text."""
         blocks: list[tuple[int, str]] = []  # (heading level, or 0 for a paragraph; text)
         skip_below = 0  # inside a dropped section: skip everything deeper than this level
         for paragraph in _tidy(rendered).split("\n\n"):
@@ -142,7 +148,28 @@ class WikitextCleaner:
                 blocks.append((level, title))
         while blocks and blocks[-1][0]:
             blocks.pop()
-        return "\n\n".join(text for _, text in blocks)
+        return blocks
+
+
+def _sections(blocks: list[tuple[int, str]]) -> list[dict]:
+    """The paragraphs under each chain of enclosing headings (a level-3 heading under a level-2 one:
+    [level-2 title, level-3 title]); headings with no paragraph of their own before the next heading
+    make no section."""
+    sections: list[tuple[list[str], list[str]]] = []  # (heading path, paragraphs)
+    path: list[tuple[int, str]] = []  # the enclosing headings, outermost first
+    open_section = False  # whether the last section is the current heading's (it has a paragraph)
+    for level, item in blocks:
+        if level:
+            while path and path[-1][0] >= level:
+                path.pop()
+            path.append((level, item))
+            open_section = False
+        elif open_section:
+            sections[-1][1].append(item)
+        else:
+            sections.append(([title for _, title in path], [item]))
+            open_section = True
+    return [{"heading_path": heading_path, "text": "\n\n".join(paragraphs)} for heading_path, paragraphs in sections]
 
 
 class _Renderer:

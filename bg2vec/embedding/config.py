@@ -60,6 +60,10 @@ class EmbedConfig:
     """Passage length in the encoder's tokens; documents are cut at token boundaries."""
     overlap_tokens: int = 32
     """Tokens a passage shares with the previous one of the same document."""
+    whole_documents: bool = False
+    """One passage per document, its first passage_tokens tokens (and at most the encoder's max_length,
+    as Bg2Vec.encode truncates), instead of passages of passage_tokens covering all of it: what the pairs
+    stage's negative mining embeds."""
     instruction: str | None = None
     """Instruction prepended to every passage (as Bg2Vec.encode's instruction=); empty: none."""
     normalize: bool = True
@@ -99,7 +103,8 @@ class EmbedConfig:
     def content_key(self) -> dict:
         """The settings the vectors depend on: a resumed run must have the same."""
         key = {k: getattr(self, k) for k in ("model", "input", "text_column", "id_column", "title_column",
-                                             "passage_tokens", "overlap_tokens", "instruction", "normalize", "dtype")}
+                                             "passage_tokens", "overlap_tokens", "whole_documents", "instruction",
+                                             "normalize", "dtype")}
         return key | {"model": redact(self.model), "input": redact(self.input)}  # saved: never credentials
 
 
@@ -130,7 +135,9 @@ class SearchConfig:
     model: str | None = None
     """The encoder of the query; empty: the one that embedded the corpus (saved in the index's manifest)."""
     instruction: str | None = None
-    """Instruction prepended to the query (as Bg2Vec.encode's instruction=); empty: none."""
+    """Instruction prepended to the query (as Bg2Vec.encode's instruction=). Empty: the encoder's own
+    query instruction (prompts["query"] in its bg2vec_config.json, set by the contrastive stage), if
+    any; "" (instruction='""' on the command line): none."""
     max_chars: int = 300
     """Characters of each passage printed (the rest is cut at a word boundary, with "...")."""
 

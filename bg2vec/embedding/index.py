@@ -308,11 +308,28 @@ class SearchIndex:
 
     def _file(self, name: str):
         if name not in self._open:
-            path = os.path.join(self.local, name)
-            self._open[name] = (np.load(path, mmap_mode="r") if name.endswith(".npy") else
-                                _faiss().read_index_binary(path) if name.startswith("binary") else
-                                _faiss().read_index(path))
+            self._open[name] = self._read(name)
         return self._open[name]
+
+    def _read(self, name: str):
+        """An index file, or a clear error when it is missing, truncated or not what it claims to be."""
+        path = os.path.join(self.local, name)
+        size, expected = os.path.getsize(path) if os.path.exists(path) else None, self.manifest["files"].get(name)
+        problem = None
+        if size is None:
+            problem = "is missing"
+        elif expected is not None and size != expected:
+            problem = f"has {size:,} bytes where the index manifest says {expected:,}"
+        else:
+            try:
+                return (np.load(path, mmap_mode="r") if name.endswith(".npy") else
+                        _faiss().read_index_binary(path) if name.startswith("binary") else _faiss().read_index(path))
+            except (RuntimeError, ValueError, OSError) as e:  # faiss's read errors are RuntimeErrors
+                problem = f"cannot be read ({str(e).strip().splitlines()[-1][:200]})"
+        root = redact(self.root)
+        raise Bg2VecError(f"index file {root}/index/{name} {problem}: it is damaged or truncated; remove {root}/index "
+                          f"and {root}/manifest.json and run jobs/embed.py again with the same settings: it rebuilds "
+                          f"only the index (the vectors are kept)")
 
     def load(self, precision: str, rescore: str = "none") -> None:
         """Read what searching ``precision`` (rescored with ``rescore``) needs, ahead of the first search."""
@@ -359,6 +376,14 @@ class SearchIndex:
             order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
             scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
         return scores, ids
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The float32 vectors of passages ``ids`` (any shape, no -1), ``[*ids.shape, dimension]``, read back
+        from the float32 index (its flat and HNSW kinds store them as they are)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self.load("float32")
+        index = self._file(self.manifest["indexes"]["float32"]["file"])
+        return index.reconstruct_batch(ids.reshape(-1)).reshape(*ids.shape, self.dimension)
 
     def passages(self, ids: list[int]) -> list[dict]:
         """The Parquet rows (id, passage_index, title when embedded with one, passage) of passages ``ids``."""

@@ -35,8 +35,10 @@ def encoder_tokenizer(model: str):
 
 
 def split_passages(batch: dict[str, np.ndarray], model: str, text_column: str, id_column: str | None,
-                   title_column: str | None, passage_tokens: int, overlap_tokens: int) -> pa.Table:
-    """``map_batches`` function: document rows (with Ray Data's ``path``) in, one row per passage out."""
+                   title_column: str | None, passage_tokens: int, overlap_tokens: int,
+                   whole_documents: bool = False) -> pa.Table:
+    """``map_batches`` function: document rows (with Ray Data's ``path``) in, one row per passage out
+    (``whole_documents``: one per document, its first ``passage_tokens`` tokens)."""
     tokenizer = encoder_tokenizer(model)
     texts = ["" if t is None else str(t) for t in batch[text_column]]
     ids = (batch[id_column] if id_column in batch else
@@ -45,7 +47,9 @@ def split_passages(batch: dict[str, np.ndarray], model: str, text_column: str, i
     doc, index, passages, char_start, char_end, tokens = [], [], [], [], [], []
     for i, (text, doc_offsets) in enumerate(zip(texts, offsets)):
         kept = [(a, b) for a, b in doc_offsets if b > a]  # tokens that cover no text carry nothing
-        for k, (first, last) in enumerate(passage_windows(len(kept), passage_tokens, overlap_tokens)):
+        windows = ([(0, min(len(kept), passage_tokens))] if whole_documents and kept else
+                   passage_windows(len(kept), passage_tokens, overlap_tokens))
+        for k, (first, last) in enumerate(windows):
             start, end = kept[first][0], kept[last - 1][1]
             if not text[start:end].strip():
                 continue  # whitespace only: nothing to retrieve

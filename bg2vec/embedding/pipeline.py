@@ -24,7 +24,7 @@ from bg2vec.config import to_dict
 from bg2vec.embedding.config import EmbedConfig
 from bg2vec.embedding.index import build_index
 from bg2vec.errors import Bg2VecError
-from bg2vec.storage import exists, join, redact, resolve, write_bytes_atomic
+from bg2vec.storage import check_apart, exists, join, redact, resolve, write_bytes_atomic
 
 FORMAT = "bg2vec-embeddings-v1"
 SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
@@ -156,7 +156,7 @@ def check_model(cfg: EmbedConfig) -> str:
     except OSError as e:
         raise Bg2VecError(f"cannot load the tokenizer of model {redact(cfg.model)}: {e}") from None
     extra = 2 + (len(tokenizer(cfg.instruction, add_special_tokens=False)["input_ids"]) if cfg.instruction else 0)
-    if cfg.passage_tokens + extra > max_length:
+    if not cfg.whole_documents and cfg.passage_tokens + extra > max_length:
         raise Bg2VecError(f"passage_tokens={cfg.passage_tokens} plus {extra} special/instruction tokens exceeds the "
                           f"encoder's max_length={max_length}: passages would be truncated; lower passage_tokens")
     return location
@@ -164,6 +164,7 @@ def check_model(cfg: EmbedConfig) -> str:
 
 def embed(cfg: EmbedConfig) -> dict:
     """Embed cfg.input into cfg.output; returns the manifest (with ``skipped``: shards done earlier)."""
+    check_apart(cfg.output, {"model": cfg.model, "input": cfg.input})
     input_fs, shards, fmt = find_shards(cfg.input)
     columns = input_columns(input_fs, shards[0], fmt)
     if cfg.text_column not in columns:
@@ -230,7 +231,7 @@ def _run(cfg: EmbedConfig, model: str, input_fs: pafs.FileSystem, todo: list[Sha
         ds = ray.data.read_json(paths, filesystem=input_fs, include_paths=True)  # pyarrow reads JSON Lines
     ds = ds.map_batches(split_passages, batch_format="numpy", fn_kwargs=dict(
         model=model, text_column=cfg.text_column, id_column=id_column, title_column=title_column,
-        passage_tokens=cfg.passage_tokens, overlap_tokens=cfg.overlap_tokens))
+        passage_tokens=cfg.passage_tokens, overlap_tokens=cfg.overlap_tokens, whole_documents=cfg.whole_documents))
     ds = map_with_actor_pool(ds, PassageEncoder, batch_format="pyarrow", batch_size=cfg.batch_size * 4,
                              fn_constructor_kwargs=dict(model=model, batch_size=cfg.batch_size,
                                                         instruction=cfg.instruction, normalize=cfg.normalize,

@@ -38,6 +38,7 @@ def search(cfg: SearchConfig) -> str:
     index = SearchIndex(cfg.index)
     manifest = index.manifest
     precision, rescore = choose(index, cfg)
+    index.load(precision, rescore)  # damaged files are named before the encoder loads, not after
     kind = manifest["indexes"][precision]["kind"]
     print(f"opened the index of {redact(cfg.index)}: {manifest['passages']} passages, "
           f"{describe(manifest['indexes'])}", flush=True)
@@ -50,8 +51,10 @@ def search(cfg: SearchConfig) -> str:
     if encoder.dimension != index.dimension:
         raise Bg2VecError(f"model {redact(model)} gives {encoder.dimension}-d vectors but the index holds "
                           f"{index.dimension}-d ones; pass model= the encoder that embedded the corpus")
-    query = encoder.encode([cfg.query], instruction=cfg.instruction, normalize=manifest["encoder"]["normalize"])
-    index.load(precision, rescore)  # outside the timing: the search's own milliseconds are printed
+    instruction = cfg.instruction if cfg.instruction is not None else encoder.config.prompts.get("query")
+    if instruction:
+        print(f"the query gets the instruction {instruction!r}", flush=True)
+    query = encoder.encode([cfg.query], instruction=instruction or None, normalize=manifest["encoder"]["normalize"])
     started = time.perf_counter()
     scores, ids = index.search(query, cfg.top_k, precision, rescore, cfg.rescore_multiplier, cfg.ef_search,
                                cfg.nprobe)

@@ -26,7 +26,9 @@ def question_split(question_id: str) -> str:
     return "eval" if bucket < EVAL_SHARE else "pretrain"
 
 
-def _questions(path: str | Path) -> list[dict]:
+def exams_questions(path: str | Path) -> list[dict]:
+    """Every question of an EXAMS *_with_para.jsonl file: id, stem, answer (the correct choice's text),
+    relevant (its paragraph) and paras (every choice's paragraph)."""
     questions = []
     with open(path, encoding="utf-8") as f:
         for line, text in enumerate(f, 1):
@@ -48,7 +50,7 @@ def _questions(path: str | Path) -> list[dict]:
 
 def exams_retrieval(path: str | Path, split: str = "eval") -> tuple[list[str], list[str], list[dict[int, int]]]:
     """(queries, corpus, relevant) of the questions in ``split`` ("eval", "pretrain" or "all")."""
-    chosen = [q for q in _questions(path) if split == "all" or question_split(q["id"]) == split]
+    chosen = [q for q in exams_questions(path) if split == "all" or question_split(q["id"]) == split]
     corpus: dict[str, int] = {}
     for q in chosen:
         for para in q["paras"]:
@@ -60,7 +62,7 @@ def exams_retrieval(path: str | Path, split: str = "eval") -> tuple[list[str], l
 
 def exams_paragraphs(path: str | Path, split: str = "pretrain") -> list[str]:
     """The distinct paragraphs of ``split``'s questions that no question of the other split uses."""
-    questions = _questions(path)
+    questions = exams_questions(path)
     other = {p for q in questions if question_split(q["id"]) != split for p in q["paras"]}
     seen: dict[str, None] = {}
     for q in questions:

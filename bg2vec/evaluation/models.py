@@ -5,11 +5,19 @@ Baselines of a trained directory (the LLM2Vec paper's comparison), all from the 
 - ``causal-last``: causal attention, last-token pooling (how a decoder is usually used as an encoder)
 - ``causal-mean``: causal attention, mean pooling
 - ``bidirectional``: bidirectional attention, mean pooling, no training
-- one entry per training stage, cumulative: ``mntp`` (the MNTP adapter only), ``simcse`` (MNTP + SimCSE)
+- one entry per training stage, cumulative: ``mntp`` (the MNTP adapter only), ``simcse`` (MNTP + SimCSE),
+  ``contrastive`` (... + pairs)
+
+Retrieval queries are encoded with the model's query instruction (passages and the texts of the
+symmetric tasks without): a bg2vec directory's ``prompts["query"]`` (set by the contrastive stage), a
+sentence-transformers folder's "query" prompt, or ModelSpec.query_instruction. The prompts of a trained
+directory belong to its last stage, so the views of earlier stages encode queries as they were trained:
+without.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from collections.abc import Callable
@@ -23,7 +31,8 @@ from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.encoder import CONFIG_NAME
 
 BASE_BASELINES = {"causal-last": (False, "last"), "causal-mean": (False, "mean"), "bidirectional": (True, "mean")}
-STAGE_LABELS = {"mntp": "MNTP", "simcse": "SimCSE"}
+STAGE_LABELS = {"mntp": "MNTP", "simcse": "SimCSE", "contrastive": "pairs"}
+Encode = Callable[[list[str]], np.ndarray]
 
 
 @dataclass
@@ -46,6 +55,22 @@ class ModelSpec:
     """bg2vec only: override the pooling (mean, weighted_mean, last, bos)."""
     up_to_stage: str | None = None
     """bg2vec only: apply the training stages up to this one (e.g. mntp)."""
+    query_instruction: str | None = None
+    """Instruction put before retrieval queries (passages get none); "" for none. Default: the model's
+    own (a bg2vec directory's prompts["query"], a sentence-transformers folder's "query" prompt).
+    callable: not used (the function encodes every text its own way)."""
+
+
+@dataclass
+class Encoder:
+    """A loaded encoder as the tasks call it."""
+
+    encode: Encode
+    """Texts as they are: passages, and every text of the symmetric tasks."""
+    encode_queries: Encode
+    """Retrieval queries: with ``query_instruction`` (the same function as ``encode`` when there is none)."""
+    query_instruction: str | None = None
+    """The instruction queries get (the report names it); None: none."""
 
 
 def baselines_of(model: str, wanted: list[str]) -> list[ModelSpec]:
@@ -69,15 +94,16 @@ def baselines_of(model: str, wanted: list[str]) -> list[ModelSpec]:
         else:
             label = " + ".join(STAGE_LABELS.get(s, s) for s in stages[:stages.index(name) + 1])  # MNTP + SimCSE
             up_to = None if name == stages[-1] else name
-            specs.append(ModelSpec(label, model, up_to_stage=up_to))
+            # the directory's prompts are its last stage's: an earlier stage never saw them
+            specs.append(ModelSpec(label, model, up_to_stage=up_to, query_instruction=None if up_to is None else ""))
     return specs
 
 
-def load_encoder(spec: ModelSpec, *, batch_size: int, max_length: int | None, device: str | None
-                 ) -> Callable[[list[str]], np.ndarray]:
-    """``encode(texts) -> [n, d] float32`` for ``spec``."""
+def load_encoder(spec: ModelSpec, *, batch_size: int, max_length: int | None, device: str | None) -> Encoder:
+    """``spec``'s encoder: ``encode(texts) -> [n, d] float32`` and its query-side ``encode_queries``."""
     if spec.kind == "callable":
-        return _from_callable(spec)
+        encode = _from_callable(spec)
+        return Encoder(encode, encode)
     if spec.kind == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
 
@@ -86,15 +112,33 @@ def load_encoder(spec: ModelSpec, *, batch_size: int, max_length: int | None, de
         model = SentenceTransformer(spec.path, device=device or "cpu", local_files_only=True)
         if max_length is not None:
             model.max_seq_length = max_length
-        return lambda texts: model.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+        instruction = query_instruction(spec, model.prompts)
+        return _encoder(lambda texts, prompt: model.encode(texts, prompt=prompt, batch_size=batch_size,
+                                                           convert_to_numpy=True), instruction)
     from bg2vec.modeling.encoder import Bg2Vec
 
     encoder = Bg2Vec.from_pretrained(spec.path, bidirectional=spec.bidirectional, pooling=spec.pooling,
                                      max_length=max_length, device=device, up_to_stage=spec.up_to_stage)
-    return lambda texts: encoder.encode(texts, batch_size=batch_size)
+    instruction = query_instruction(spec, encoder.config.prompts)
+    return _encoder(lambda texts, prompt: encoder.encode(texts, batch_size=batch_size, instruction=prompt),
+                    instruction)
 
 
-def _from_callable(spec: ModelSpec) -> Callable[[list[str]], np.ndarray]:
+def query_instruction(spec: ModelSpec, prompts: dict[str, str]) -> str | None:
+    """The instruction ``spec``'s retrieval queries get: its own setting, else the model's ``prompts``; None: none."""
+    instruction = spec.query_instruction if spec.query_instruction is not None else prompts.get("query")
+    return instruction or None
+
+
+def _encoder(encode: Callable[..., np.ndarray], instruction: str | None) -> Encoder:
+    """An Encoder from ``encode(texts, prompt)``: queries with ``instruction``, everything else without."""
+    plain = functools.partial(encode, prompt=None)
+    if instruction is None:
+        return Encoder(plain, plain)
+    return Encoder(plain, functools.partial(encode, prompt=instruction), instruction)
+
+
+def _from_callable(spec: ModelSpec) -> Encode:
     module_name, _, function_name = spec.path.partition(":")
     if not module_name or not function_name:
         raise Bg2VecError(f"model {spec.name}: kind callable needs path module:function, got {spec.path!r}")

@@ -18,8 +18,9 @@ official sets are downloaded on first use (:mod:`bg2vec.evaluation.sources`). A 
 ``corpus:`` section reads no files: it is built from the prepared data directory
 (:mod:`bg2vec.evaluation.corpus_tasks`).
 
-A task encodes through an ``encode(texts) -> np.ndarray`` callable, so the same task scores a bg2vec
-encoder, a baseline, or any sentence-transformers model.
+A task encodes through an :class:`~bg2vec.evaluation.models.Encoder` (``encode(texts) -> np.ndarray``,
+and ``encode_queries`` for a retrieval task's queries), so the same task scores a bg2vec encoder, a
+baseline, or any sentence-transformers model.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from bg2vec.errors import Bg2VecError
 from bg2vec.evaluation import corpus_tasks, metrics
 from bg2vec.evaluation.corpus_tasks import CorpusTaskSettings
 from bg2vec.evaluation.exams import exams_retrieval
+from bg2vec.evaluation.models import Encoder
 from bg2vec.evaluation.sources import cached_file, default_cache_dir
 
 PACKAGE_PREFIX = "pkg:"
-Encode = Callable[[list[str]], np.ndarray]
 MAIN_SCORE = {"classification": "accuracy", "clustering": "v_measure", "retrieval": "ndcg_at_10",
               "bitext_mining": "f1", "triples": "accuracy"}
 
@@ -98,13 +99,19 @@ class Task:
     """Scores from the embeddings of ``texts`` (in that order)."""
     note: str = ""
     """What the report says about the task (size, chance level, overlap with training text)."""
+    queries: int = 0
+    """Retrieval: the first ``queries`` texts are queries, encoded with the model's query instruction;
+    the others are encoded as they are."""
 
     @property
     def main_score(self) -> str:
         return MAIN_SCORE[self.spec.type]
 
-    def evaluate(self, encode: Encode) -> dict:
-        return self.score(encode(self.texts))
+    def evaluate(self, encoder: Encoder) -> dict:
+        n = self.queries
+        if not n:
+            return self.score(encoder.encode(self.texts))
+        return self.score(np.concatenate([encoder.encode_queries(self.texts[:n]), encoder.encode(self.texts[n:])]))
 
 
 def task_files(spec: TaskSpec, sources: TaskSources | str | Path) -> dict[str, list[Path]]:
@@ -138,7 +145,7 @@ def _from_corpus(spec: TaskSpec, data: str | None) -> Task:
         built = corpus_tasks.retrieval(pages, spec.corpus, spec.name)
         n = built.queries
         relevant = [{i: 1} for i in range(n)]
-        return Task(spec, built.texts, lambda e: metrics.retrieval(e[:n], e[n:], relevant), built.note)
+        return Task(spec, built.texts, lambda e: metrics.retrieval(e[:n], e[n:], relevant), built.note, queries=n)
     built = corpus_tasks.labelled(pages, spec.corpus, spec.name, split_half=spec.type == "classification")
     labels = built.labels
     if spec.type == "clustering":
@@ -201,7 +208,7 @@ def _retrieval(spec: TaskSpec, files: dict) -> Task:
     if not queries or not any(relevant):
         raise Bg2VecError(f"task {spec.name}: no queries with a relevant document")
     n = len(queries)
-    return Task(spec, queries + corpus, lambda e: metrics.retrieval(e[:n], e[n:], relevant))
+    return Task(spec, queries + corpus, lambda e: metrics.retrieval(e[:n], e[n:], relevant), queries=n)
 
 
 def _bitext(spec: TaskSpec, files: dict) -> Task:

@@ -20,8 +20,10 @@ class ExportConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """The weights' dtype in the folder (bfloat16 halves a 7B model's 28 GB)."""
     query_prompt: str | None = None
-    """Instruction sentence-transformers prepends to queries (``encode_query`` / prompt_name="query");
-    empty: none. Pooling leaves the prompt's tokens out, as Bg2Vec.encode's instruction= does."""
+    """Instruction sentence-transformers prepends to queries (``encode_query`` / prompt_name="query").
+    Pooling leaves the prompt's tokens out, as Bg2Vec.encode's instruction= does. Empty: the encoder's
+    own query instruction (prompts["query"] in its bg2vec_config.json, set by the contrastive stage), if
+    any; "" (query_prompt='""' on the command line): none. A value given here wins."""
     document_prompt: str | None = None
     """Instruction prepended to documents (``encode_document``); empty: none."""
     results: str | None = None
@@ -46,8 +48,7 @@ class ExportConfig:
     """Replace an existing output folder."""
 
     def __post_init__(self) -> None:
-        for key in ("query_prompt", "document_prompt"):
-            if getattr(self, key) == "":
-                setattr(self, key, None)
+        if self.document_prompt == "":
+            self.document_prompt = None
         if self.push_to_hub is not None and self.push_to_hub.count("/") != 1:
             raise ConfigError(f"push_to_hub must be a repo id like user/name, got {self.push_to_hub!r}")

@@ -13,6 +13,10 @@ reproduce :meth:`bg2vec.Bg2Vec.encode` with sentence-transformers' own building 
 - ``last`` is Pooling's ``lasttoken`` (the appended EOS), ``bos`` its ``cls`` (the first real token);
 - Normalize, as ``encode(normalize=True)``.
 
+The query prompt is the encoder's own (``prompts["query"]``) unless the config names one; an encoder
+trained with Matryoshka dimensions keeps its full dimension, and the card shows
+``SentenceTransformer(path, truncate_dim=d)`` for each trained ``d``.
+
 Rotary positions are relative, so left or right padding gives the same embeddings. The folder uses
 module formats of sentence-transformers >= 5 (the floor is named in config_sentence_transformers.json).
 """
@@ -20,6 +24,7 @@ module formats of sentence-transformers >= 5 (the floor is named in config_sente
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,6 +41,7 @@ from bg2vec.export.config import ExportConfig
 from bg2vec.export.model_card import write_card
 from bg2vec.modeling.encoder import CONFIG_NAME
 from bg2vec.modeling.inputs import build_sequences
+from bg2vec.storage import check_apart
 
 SENTENCE_TRANSFORMERS_FLOOR = "5.0.0"
 # bg2vec pooling -> sentence-transformers Pooling mode (weighted_mean has no equivalent: its weights
@@ -50,11 +56,13 @@ PROBES = ["Столицата на България е София.", "Рилск
 def export(cfg: ExportConfig) -> dict:
     """Write ``cfg.output`` (complete or not at all); return what was written and checked."""
     source, out = Path(cfg.model), Path(cfg.output)
+    check_apart(cfg.output, {"model": cfg.model, "results": cfg.results})
     if not (source / CONFIG_NAME).is_file():
         raise Bg2VecError(f"model={cfg.model} is not a trained bg2vec directory (no {CONFIG_NAME}); pass the "
                           f"output of jobs/simcse.py or jobs/mntp.py")
     if out.exists() and not cfg.overwrite and (out.is_file() or any(out.iterdir())):
         raise Bg2VecError(f"output={cfg.output} already exists; choose another folder or pass overwrite=true")
+    _check_writable_parent(out)
     if cfg.results is not None and not Path(cfg.results).is_file():
         raise Bg2VecError(f"results={cfg.results}: no such file (an evaluation's results.json)")
     encoder = Bg2Vec.from_pretrained(source, dtype=torch.float32, device="cpu")
@@ -81,6 +89,17 @@ def export(cfg: ExportConfig) -> dict:
     return summary
 
 
+def _check_writable_parent(out: Path) -> None:
+    """Before anything loads: the output's nearest existing parent is a folder this process can write in."""
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise Bg2VecError(f"output={out}: {parent} is a file, not a folder; choose an output path under a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise Bg2VecError(f"output={out}: the folder {parent} is not writable; choose another output")
+
+
 def write_folder(encoder: Bg2Vec, folder: Path, cfg: ExportConfig) -> dict:
     """The merged model, the tokenizer and the sentence-transformers modules in ``folder``."""
     config = encoder.config
@@ -104,13 +123,15 @@ def write_folder(encoder: Bg2Vec, folder: Path, cfg: ExportConfig) -> dict:
         "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
         "pooling_mode_lasttoken": mode == "lasttoken", "include_prompt": False})
     (folder / modules[-1][1]).mkdir()
-    prompts = {"query": cfg.query_prompt or "", "document": cfg.document_prompt or ""}
+    query = cfg.query_prompt if cfg.query_prompt is not None else config.prompts.get("query", "")
+    prompts = {"query": query, "document": cfg.document_prompt or ""}
     _write_json(folder / "config_sentence_transformers.json", {
         "__version__": {"sentence_transformers": SENTENCE_TRANSFORMERS_FLOOR},
         "prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine",
         "model_type": "SentenceTransformer"})
     return {"pooling": config.pooling, "st_pooling": mode, "dimension": encoder.dimension,
             "max_length": config.max_length, "dtype": cfg.dtype, "prompts": prompts,
+            "matryoshka_dims": sorted(d for d in config.matryoshka_dims if d < encoder.dimension),
             "prompt_layouts": {name: _prompt_matches(tokenizer, encoder, prompt)
                                for name, prompt in prompts.items() if prompt},
             "modules": [kind for kind, _ in modules]}

@@ -30,7 +30,8 @@ def write_card(folder: Path, encoder, cfg, summary: dict) -> None:
     data = ModelCardData(
         model_name=name, base_model=base_id, language=cfg.language, license=cfg.license or base_license,
         library_name="sentence-transformers", pipeline_tag="sentence-similarity",
-        tags=["sentence-transformers", "sentence-similarity", "feature-extraction", "bg2vec", "llm2vec"],
+        tags=["sentence-transformers", "sentence-similarity", "feature-extraction", "bg2vec", "llm2vec",
+              *(["matryoshka"] if summary["matryoshka_dims"] else [])],
         eval_results=evaluation["results"] if evaluation else None)
     body = [f"# {name}", "",
             f"A text encoder made from the decoder LLM `{_shown_base(config.base_model)}` with "
@@ -134,7 +135,16 @@ def _usage(name: str, cfg, summary: dict) -> list[str]:
             lines.append(f"The {kind} prompt `{prompt}` is prepended by `encode_{kind}` and left out of the pooling"
                          + ("." if exact else "; sentence-transformers tokenises it together with the text, so "
                             "its embeddings differ slightly from bg2vec's `encode(instruction=...)`."))
+    dims = summary["matryoshka_dims"]
+    if dims:
+        lines += ["", f"Matryoshka: the leading {' / '.join(map(str, dims))} of the {summary['dimension']} dimensions "
+                  "were trained to work on their own (smaller indexes, faster search, a little less quality). "
+                  "sentence-transformers cuts the embeddings with `truncate_dim` (`model.similarity` is cosine; "
+                  "pass `normalize_embeddings=True` to `encode` for unit vectors):", "", "```python",
+                  f"model = SentenceTransformer(\"{where}\", truncate_dim={dims[-1]})", "```"]
     lines += ["", "With bg2vec (the same embeddings):", "", "```python", "from bg2vec import Bg2Vec", "",
               f"model = Bg2Vec.from_pretrained(\"{where}\", pooling=\"{summary['pooling']}\")",
-              "embeddings = model.encode([\"София е столицата на България.\"])", "```"]
+              "embeddings = model.encode([\"София е столицата на България.\"])",
+              *([f"queries = model.encode([\"Коя е столицата на България?\"], instruction={prompts['query']!r})"]
+                if prompts["query"] else []), "```"]
     return lines

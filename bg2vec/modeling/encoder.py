@@ -49,6 +49,13 @@ class EncoderConfig:
     stages: list[dict] = field(default_factory=list)
     """Training stages applied, in order: name, adapter folder (relative) and key hyperparameters."""
     base_revision: str | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    """Instructions the encoder was trained with, by input type (sentence-transformers' prompt names):
+    ``{"query": "..."}`` after the contrastive-pairs stage; queries are encoded with it
+    (``encode(instruction=...)``), passages without. Empty: no instruction."""
+    matryoshka_dims: list[int] = field(default_factory=list)
+    """Leading dimensions trained to work on their own (Matryoshka loss), e.g. [64, 128, 256]; a
+    vector cut to one of them (and re-normalised) loses little. Empty: none trained."""
     format: str = FORMAT
     bg2vec_version: str = bg2vec.__version__
 
@@ -116,7 +123,7 @@ class Bg2Vec:
                                                   trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(path if trained else base, revision=None if trained else revision,
                                                       trust_remote_code=trust_remote_code)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a folder that is no model ("Unrecognized model in ...")
             raise Bg2VecError(f"cannot load {base}: {e}") from None
         if config is None:
             config = EncoderConfig(base_model=name, family=family_of(model), base_revision=revision)

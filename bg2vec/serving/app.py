@@ -1,8 +1,14 @@
 """The Ray Serve application: a FastAPI ingress deployment whose replicas each hold one encoder.
 
 Routes (under the config's route_prefix): ``POST /v1/embeddings`` and ``GET /v1/models[/{id}]`` (OpenAI's),
-``GET /health`` (no key needed) and ``GET /stats`` (this replica's batch sizes). A request's inputs join
-one queue per replica (``serve.batch``), so the inputs of concurrent requests share forward passes.
+``GET /health`` (no key needed) and ``GET /stats`` (this replica's batch sizes, its peak memory); no others (FastAPI's
+/docs, /redoc and /openapi.json are off). A request's inputs join one queue per replica (``serve.batch``),
+so the inputs of concurrent requests share forward passes.
+
+One request cannot take a replica down or stall it: its body is refused past ``max_request_bytes`` before
+it is read, an input past ``max_input_chars`` before anything is tokenised, and the JSON parsing and
+tokenising (of inputs cut to about ``max_input_tokens``, bg2vec.serving.inputs) run in a worker thread,
+off the event loop that answers the other requests.
 
     serve run bg2vec.serving.app:build model=runs/demo/simcse      # any ServeConfig key=value; config=FILE too
 """
@@ -10,9 +16,11 @@ one queue per replica (``serve.batch``), so the inputs of concurrent requests sh
 # no `from __future__ import annotations`: FastAPI reads the route methods' annotations (Request) at runtime,
 # from the globals of Serve's wrapper, where the names of this module are not found
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
+import resource
 import time
 from collections import Counter
 
@@ -23,7 +31,9 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from bg2vec.serving.config import ALIAS, ServeConfig
+from bg2vec.serving.inputs import FittedInputs, fit_inputs
 from bg2vec.serving.openai_schema import (
+    EmbeddingRequest,
     OpenAIError,
     embedding_response,
     model_card,
@@ -34,7 +44,8 @@ from bg2vec.serving.openai_schema import (
 DEPLOYMENT = "Bg2VecEmbeddings"
 ROUTES = "POST /v1/embeddings, GET /v1/models, GET /health, GET /stats"
 
-api = FastAPI(title="bg2vec embeddings", description="OpenAI-compatible embeddings of a bg2vec encoder")
+api = FastAPI(title="bg2vec embeddings", description="OpenAI-compatible embeddings of a bg2vec encoder",
+              docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @api.exception_handler(OpenAIError)
@@ -47,6 +58,24 @@ async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
     """Unknown routes and methods answer in OpenAI's error shape too."""
     message = f"{request.method} {request.url.path}: {error.detail}; this server offers {ROUTES}"
     return JSONResponse(OpenAIError(error.status_code, message).body(), status_code=error.status_code)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused (413) once it is over ``limit`` bytes: by its Content-Length before any
+    of it is read, else as it arrives."""
+    too_large = OpenAIError(413, f"the request body is larger than this server's limit of {limit:,} bytes "
+                                 f"(max_request_bytes); send fewer or shorter inputs per request",
+                            code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def key_digest(key: str) -> str:
@@ -100,26 +129,36 @@ class EmbeddingServer:
     @api.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> JSONResponse:
         self._authorize(request)
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise OpenAIError(400, f"the request body is not valid JSON: {e}") from None
-        req = parse_embedding_request(body, models=self.models, max_inputs=self.cfg.max_inputs_per_request,
-                                      dimension=self.encoder.dimension)
-        limit = self.encoder.config.max_length
-        counts = self.encoder.token_counts(req.inputs)
-        over = [i for i, n in enumerate(counts) if n > limit]
-        if over and self.cfg.overlong_policy == "error":
-            raise OpenAIError(400, f"input[{over[0]}] takes {counts[over[0]]} tokens, more than this server's limit "
-                                   f"of {limit} (max_input_tokens; overlong_policy=error): shorten it or split it",
-                              param="input", code="context_length_exceeded")
+        body = await read_body(request, self.cfg.max_request_bytes)
+        req, fitted = await asyncio.to_thread(self._parse, body)  # the event loop serves others meanwhile
         self.stats.requests += 1
         number = self.stats.requests
-        vectors = np.stack(await asyncio.gather(*(self._encode_batch((number, text)) for text in req.inputs)))
+        vectors = np.stack(await asyncio.gather(*(self._encode_batch((number, text)) for text in fitted.texts)))
         if req.dimensions is not None:
             vectors = truncate_dimensions(vectors, req.dimensions)
-        tokens = sum(min(n, limit) for n in counts)
+        tokens = sum(min(n, self.encoder.config.max_length) for n in fitted.counts)
         return JSONResponse(embedding_response(vectors, req.encoding_format, self.cfg.name, tokens))
+
+    def _parse(self, body: bytes) -> tuple[EmbeddingRequest, FittedInputs]:
+        """The checked request and its inputs cut to what the encoder reads, with their token counts."""
+        try:
+            decoded = json.loads(body)
+        except RecursionError:
+            raise OpenAIError(400, "the request body is JSON nested too deeply; send a flat JSON object") from None
+        except ValueError as e:  # not JSON, not UTF-8, a number of thousands of digits
+            raise OpenAIError(400, f"the request body is not valid JSON: {e}") from None
+        req = parse_embedding_request(decoded, models=self.models, max_inputs=self.cfg.max_inputs_per_request,
+                                      max_chars=self.cfg.max_input_chars, dimension=self.encoder.dimension)
+        limit = self.encoder.config.max_length
+        fitted = fit_inputs(self.encoder.token_counts, req.inputs, limit)
+        over = [i for i, n in enumerate(fitted.counts) if n > limit]
+        if over and self.cfg.overlong_policy == "error":
+            i = over[0]
+            raise OpenAIError(400, f"input[{i}] takes {'more than ' if fitted.cut[i] else ''}{fitted.counts[i]} "
+                                   f"tokens, more than this server's limit of {limit} (max_input_tokens; "
+                                   f"overlong_policy=error): shorten it or split it",
+                              param="input", code="context_length_exceeded")
+        return req, fitted
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _encode_batch(self, items: list[tuple[int, str]]) -> list[np.ndarray]:
@@ -151,7 +190,8 @@ class EmbeddingServer:
     async def batch_stats(self, request: Request) -> dict:
         self._authorize(request)
         return {"replica": serve.get_replica_context().replica_id.unique_id,
-                "max_batch_size": self.cfg.max_batch_size, **self.stats.as_dict()}
+                "max_batch_size": self.cfg.max_batch_size, **self.stats.as_dict(),
+                "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
 
     def _authorize(self, request: Request) -> None:
         if self.key_sha256 is None:
@@ -173,7 +213,9 @@ def application(cfg: ServeConfig, model: str, gpus_per_replica: float):
     deployment = EmbeddingServer.options(
         max_ongoing_requests=cfg.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": gpus_per_replica}, **scaling)
-    return deployment.bind(cfg, model, key_digest(key) if key else None, int(time.time()))
+    # replicas (and Serve's stored application) get the key's digest, the config without the key
+    return deployment.bind(dataclasses.replace(cfg, api_key=None), model, key_digest(key) if key else None,
+                           int(time.time()))
 
 
 def build(args: dict[str, str]):

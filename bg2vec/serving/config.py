@@ -39,6 +39,11 @@ class ServeConfig:
     the proxy. Batches combine inputs of at most this many requests."""
     max_inputs_per_request: int = 2048
     """Most inputs in one request (OpenAI's own limit is 2048); more is a 400 error."""
+    max_request_bytes: int = 16 << 20
+    """Largest request body in bytes (16 MiB); a larger one is refused (413) before it is read."""
+    max_input_chars: int = 100_000
+    """Longest input in characters; a longer one is refused (400) before anything is tokenised. Inputs
+    below it are cut to about max_input_tokens before tokenising, so a long input costs little."""
     max_input_tokens: int | None = None
     """Longest input in tokens, special tokens included; empty: the encoder's max_length."""
     overlong_policy: Literal["truncate", "error"] = "truncate"
@@ -75,7 +80,8 @@ class ServeConfig:
         if not self.route_prefix.startswith("/") or (self.route_prefix != "/" and self.route_prefix.endswith("/")):
             raise ConfigError(f"route_prefix must start with '/' and not end with one (e.g. /bg2vec), "
                               f"got {self.route_prefix!r}")
-        for key in ("max_batch_size", "max_ongoing_requests", "max_inputs_per_request", "num_replicas"):
+        for key in ("max_batch_size", "max_ongoing_requests", "max_inputs_per_request", "num_replicas",
+                    "max_request_bytes", "max_input_chars"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.batch_wait_timeout_s < 0:

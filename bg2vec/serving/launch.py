@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
+import socket
 import time
 
 from bg2vec import console
 from bg2vec.errors import Bg2VecError
+from bg2vec.interrupts import stop_on_sigterm
+from bg2vec.modeling.encoder import CONFIG_NAME
 from bg2vec.serving.config import ALIAS, ServeConfig
-from bg2vec.storage import absolute, exists, redact, resolve
+from bg2vec.storage import absolute, exists, join, missing_location, redact, resolve
 
 SERVE_LOG_TO_STDERR = "RAY_SERVE_LOG_TO_STDERR"
 """Serve's controller, proxy and replicas log every deployment step and request (access log) to
@@ -26,14 +28,14 @@ def prepare(cfg: ServeConfig) -> tuple[str, float]:
 
     from bg2vec.ray_utils import init_ray
 
-    fs, path = resolve(cfg.model)
-    if exists(fs, path):
-        model = absolute(cfg.model)  # replicas do not run in this directory
-    elif "://" in cfg.model or cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1:
+    if missing_location(cfg.model):
         raise Bg2VecError(f"model {redact(cfg.model)} does not exist; pass model= a trained bg2vec directory "
                           f"(e.g. runs/demo/simcse from make demo) or a base LLM's hub id")
-    else:
-        model = cfg.model  # a hub id
+    fs, path = resolve(cfg.model)
+    if exists(fs, path) and not any(exists(fs, join(path, name)) for name in (CONFIG_NAME, "config.json")):
+        raise Bg2VecError(f"model {redact(cfg.model)} is not an encoder (no {CONFIG_NAME} or config.json in it); pass "
+                          f"model= a trained bg2vec directory (e.g. runs/demo/simcse) or a base LLM's folder")
+    model = absolute(cfg.model) if exists(fs, path) else cfg.model  # replicas do not run in this directory
     cfg.resolve_api_key()  # a missing key variable stops the job before Ray starts
     if not console.verbose():
         os.environ.setdefault(SERVE_LOG_TO_STDERR, "0")
@@ -44,13 +46,27 @@ def prepare(cfg: ServeConfig) -> tuple[str, float]:
     return model, gpus
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something on this machine listens on (bound as Serve's proxy binds it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise Bg2VecError(f"port={port} on {host} cannot be used ({e.strerror}): another server listens "
+                              f"there; stop it or pass port= a free port") from None
+
+
 def deploy(cfg: ServeConfig) -> str:
     """Start Serve on cfg.host:cfg.port (unless it runs already) and deploy the application there; returns
     the API's base URL, ending in /v1 (what OpenAI clients take as base_url)."""
+    import ray
     from ray import serve
 
     from bg2vec.serving.app import application
 
+    if not ray.is_initialized() and cfg.ray_address is None and "RAY_ADDRESS" not in os.environ:
+        check_port_free(cfg.host, cfg.port)  # a local Ray's Serve would fail on it after half a minute
     model, gpus = prepare(cfg)
     if not console.verbose():
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's own Serve lines
@@ -78,7 +94,7 @@ def serve_until_stopped(cfg: ServeConfig) -> str:
     # own handler (sys.exit) and Ray's core arms a 3 s abort on SIGTERM (abseil's failure signal handler),
     # which killed the job (SIGABRT) midway through Serve's shutdown; Python's handler replaces both.
     # Checked on ray 2.60.0 (_private/worker.py: init; ray-project/ray#64830).
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     try:
         prefix = cfg.path_prefix
         aliases = f" (or {ALIAS})" if cfg.name != ALIAS else ""
@@ -92,7 +108,3 @@ def serve_until_stopped(cfg: ServeConfig) -> str:
     finally:
         serve.delete(cfg.name)  # other applications on a cluster keep running
     return f"stopped serving {cfg.name}"
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt

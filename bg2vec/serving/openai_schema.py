@@ -7,12 +7,14 @@ Requests are checked by hand (not by a pydantic model) so that every refusal is 
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 KNOWN_FIELDS = ("input", "model", "encoding_format", "dimensions", "user")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\ud800" escapes decode to these; they are not text
 
 
 class OpenAIError(Exception):
@@ -35,7 +37,7 @@ class EmbeddingRequest:
     dimensions: int | None
 
 
-def parse_embedding_request(body: Any, *, models: tuple[str, ...], max_inputs: int,
+def parse_embedding_request(body: Any, *, models: tuple[str, ...], max_inputs: int, max_chars: int,
                             dimension: int) -> EmbeddingRequest:
     """Check a decoded JSON body against what this server offers; raises :class:`OpenAIError`."""
     if not isinstance(body, dict):
@@ -52,7 +54,7 @@ def parse_embedding_request(body: Any, *, models: tuple[str, ...], max_inputs: i
         also = f" (also as {', '.join(models[1:])})" if len(models) > 1 else ""
         raise OpenAIError(404, f"the model {model!r} does not exist on this server; it serves {models[0]}{also}",
                           param="model", code="model_not_found")
-    inputs = _inputs(body.get("input"), max_inputs)
+    inputs = _inputs(body.get("input"), max_inputs, max_chars)
     encoding_format = body.get("encoding_format")
     if encoding_format is None:
         encoding_format = "float"
@@ -68,7 +70,7 @@ def parse_embedding_request(body: Any, *, models: tuple[str, ...], max_inputs: i
     return EmbeddingRequest(inputs, model, encoding_format, dimensions)
 
 
-def _inputs(value: Any, max_inputs: int) -> list[str]:
+def _inputs(value: Any, max_inputs: int, max_chars: int) -> list[str]:
     if value is None:
         raise OpenAIError(400, "input is required: a string or a list of strings", param="input")
     inputs = [value] if isinstance(value, str) else value
@@ -89,6 +91,15 @@ def _inputs(value: Any, max_inputs: int) -> list[str]:
             raise OpenAIError(400, f"input[{i}] must be a string, not {_json_type(item)}", param="input")
         if not item:
             raise OpenAIError(400, f"input[{i}] is an empty string; every input needs text", param="input")
+        if len(item) > max_chars:
+            raise OpenAIError(400, f"input[{i}] has {len(item):,} characters, more than this server's limit of "
+                                   f"{max_chars:,} (max_input_chars); shorten it or split it", param="input",
+                              code="string_above_max_length")
+        surrogate = LONE_SURROGATE.search(item)
+        if surrogate:
+            raise OpenAIError(400, f"input[{i}] holds a lone UTF-16 surrogate (U+{ord(surrogate.group()):04X}) at "
+                                   f"character {surrogate.start()}, which is not text; send valid Unicode (a JSON "
+                                   f"\\u escape of a surrogate must be one of a pair)", param="input")
     return inputs
 
 

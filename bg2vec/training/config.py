@@ -1,4 +1,4 @@
-"""Configuration of the training stages (``jobs/mntp.py``, ``jobs/simcse.py``).
+"""Configuration of the training stages (``jobs/mntp.py``, ``jobs/simcse.py``, ``jobs/contrastive.py``).
 
 One global batch size is fixed per preset; the per-worker batch and the gradient accumulation are
 derived from the number of workers, so a run means the same optimisation on 1 GPU or 64.
@@ -7,7 +7,7 @@ derived from the number of workers, so a run means the same optimisation on 1 GP
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from bg2vec.errors import ConfigError
 from bg2vec.modeling.pooling import POOLING_MODES
@@ -140,12 +140,13 @@ class RunSettings:
 
 @dataclass
 class TrainConfig:
-    """Settings shared by both training stages."""
+    """Settings shared by the training stages."""
 
-    data: str
-    """A prepared data directory (jobs/prepare_data.py output; local or cloud URI)."""
     output: str
     """Where the trained model directory goes (adapter, tokenizer, bg2vec_config.json, written last)."""
+    data: str | None = None
+    """A prepared data directory (jobs/prepare_data.py output; local or cloud URI). MNTP and SimCSE
+    train on it; the contrastive stage reads pairs= instead."""
     max_steps: int = 1000
     """Optimizer steps."""
     global_batch_size: int = 32
@@ -170,8 +171,10 @@ class TrainConfig:
     scaling: ScalingSettings = field(default_factory=ScalingSettings)
     run: RunSettings = field(default_factory=RunSettings)
 
+    needs_data: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
-        if not self.data or not self.output:
+        if not self.output or (self.needs_data and not self.data):
             raise ConfigError("data and output are required: give data=DIR output=DIR")
         if self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
@@ -210,15 +213,15 @@ class MNTPConfig(TrainConfig):
 
 
 @dataclass
-class SimCSEConfig(TrainConfig):
-    """Stage 2 of LLM2Vec: unsupervised SimCSE on the MNTP-trained model (its adapter merged)."""
+class EncoderStageConfig(TrainConfig):
+    """Settings of the stages that train the encoder itself on contrastive losses (SimCSE, contrastive)."""
 
     mntp: str | None = None
-    """The MNTP output directory whose adapter is merged into the base before SimCSE."""
+    """The MNTP output directory whose adapter is merged into the base before this stage."""
     temperature: float = 0.05
     """Softmax temperature of the contrastive loss (scale = 1 / temperature = 20)."""
-    attention_dropout: float = 0.3
-    """Dropout on attention probabilities: the noise that makes the two views differ."""
+    attention_dropout: float = 0.0
+    """Dropout on attention probabilities."""
     hidden_dropout: float = 0.0
     """Dropout on each attention and MLP block's output, before the residual add, as BERT's (extra noise;
     0 as in the reference runs; bg2vec.modeling.dropout)."""
@@ -229,6 +232,27 @@ class SimCSEConfig(TrainConfig):
     unless encoder_max_length is set."""
     encoder_max_length: int = 512
     """max_length written to bg2vec_config.json for inference."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.temperature <= 10:
+            raise ConfigError(f"temperature must be in (0, 10], got {self.temperature}")
+        if not (0 <= self.attention_dropout < 1 and 0 <= self.hidden_dropout < 1):
+            raise ConfigError("attention_dropout and hidden_dropout must be in [0, 1)")
+        if self.pooling not in POOLING_MODES:
+            raise ConfigError(f"pooling={self.pooling!r} is not one of {', '.join(POOLING_MODES)}")
+        if self.max_length < 8 or self.encoder_max_length < 8:
+            raise ConfigError("max_length and encoder_max_length must be >= 8")
+        if self.global_batch_size < 2:
+            raise ConfigError(f"{type(self).__name__} needs global_batch_size >= 2 (in-batch negatives)")
+
+
+@dataclass
+class SimCSEConfig(EncoderStageConfig):
+    """Stage 2 of LLM2Vec: unsupervised SimCSE on the MNTP-trained model (its adapter merged)."""
+
+    attention_dropout: float = 0.3
+    """Dropout on attention probabilities: the noise that makes the two views differ."""
     text_unit: Literal["paragraph", "article"] = "paragraph"
     """Training texts from the prepared pages: every paragraph (a line of the cleaned text with at
     least min_chars characters), or whole articles (the reference runs), truncated to max_length."""
@@ -239,13 +263,67 @@ class SimCSEConfig(TrainConfig):
         super().__post_init__()
         if not self.mntp:
             raise ConfigError("mntp is empty: give mntp=DIR (the jobs/mntp.py output to start from)")
-        if not 0 < self.temperature <= 10:
-            raise ConfigError(f"temperature must be in (0, 10], got {self.temperature}")
-        if not (0 <= self.attention_dropout < 1 and 0 <= self.hidden_dropout < 1):
-            raise ConfigError("attention_dropout and hidden_dropout must be in [0, 1)")
-        if self.pooling not in POOLING_MODES:
-            raise ConfigError(f"pooling={self.pooling!r} is not one of {', '.join(POOLING_MODES)}")
-        if self.max_length < 8 or self.encoder_max_length < 8:
-            raise ConfigError("max_length and encoder_max_length must be >= 8")
-        if self.global_batch_size < 2:
-            raise ConfigError("SimCSE needs global_batch_size >= 2 (in-batch negatives)")
+
+
+PAIR_KINDS = ("title_lead", "section", "lead_body", "crops", "inverse_cloze", "user")
+
+
+@dataclass
+class ContrastiveConfig(EncoderStageConfig):
+    """Stage 3 of LLM2Vec: contrastive training on (query, positive, hard negatives) pairs, a new LoRA
+    over the merged MNTP (LLM2Vec's choice) or MNTP + SimCSE adapters (bg2vec.objectives.contrastive).
+
+    The temperature's default is SimCSE's and sentence-transformers' (scale 20); LLM2Vec's supervised
+    runs use loss_scale 50 (temperature 0.02) with batches of 64 per GPU on E5's data: jobs/tune.py
+    searches it. Dropout is off: the pairs, not noise, make the views differ."""
+
+    needs_data: ClassVar[bool] = False
+
+    pairs: str = ""
+    """A pairs directory (jobs/pairs.py output; local or cloud URI): the training and validation pairs."""
+    mntp: str | None = None
+    """Start from this MNTP output (its adapter merged into the base), as LLM2Vec does; or simcse=."""
+    simcse: str | None = None
+    """Start from this SimCSE output instead (its MNTP and SimCSE adapters merged); exactly one of mntp,
+    simcse."""
+    query_instruction: str = "Намери пасаж, който отговаря на заявката:\n"
+    """Instruction put before every query whose pair has none of its own (the pairs' instruction column:
+    null), tokenised on its own and left out of the pooling (bg2vec.modeling.inputs); saved as the
+    encoder's prompts["query"], for encode(instruction=...) at query time. Passages never get one.
+    "Find a passage that answers the query: " fits the mined kinds (titles, headings, sentences) and
+    users' questions alike. It ends in a line break, not a space: Gemma's tokenizer then gives the same
+    tokens for the instruction and the text tokenised apart (bg2vec) or joined (a sentence-transformers
+    prompt). Empty: no instruction."""
+    hard_negatives: int = 1
+    """Mined negatives used per query: the first ones (the most similar) of each pair's negatives. A pair
+    with fewer contributes what it has: every query scores all positives and all negatives of the
+    global batch, so nothing needs to line up. 0: in-batch negatives only."""
+    matryoshka_dims: list[int] = field(default_factory=list)
+    """Leading dimensions also trained to work on their own (Matryoshka loss: the loss summed over these
+    and the full dimension), e.g. [64, 128, 256]; saved with the encoder. Empty: off."""
+    kinds: list[str] = field(default_factory=list)
+    """Pair kinds to train on (title_lead, section, lead_body, crops, inverse_cloze, user); empty: all.
+    The dev score uses all validation pairs, whatever this says."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.data:
+            raise ConfigError(f"data={self.data!r}: the contrastive stage trains on pairs=DIR (jobs/pairs.py "
+                              f"output), not on a prepared data directory; drop data=")
+        if not self.pairs:
+            raise ConfigError("pairs is empty: give pairs=DIR (the jobs/pairs.py output to train on)")
+        if bool(self.mntp) == bool(self.simcse):
+            raise ConfigError("give exactly one of mntp=DIR (start from MNTP, as LLM2Vec) and simcse=DIR "
+                              f"(start from MNTP + SimCSE); got mntp={self.mntp!r}, simcse={self.simcse!r}")
+        if self.hard_negatives < 0:
+            raise ConfigError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
+        if any(d < 1 for d in self.matryoshka_dims) or len(set(self.matryoshka_dims)) < len(self.matryoshka_dims):
+            raise ConfigError(f"matryoshka_dims={self.matryoshka_dims} must be distinct dimensions >= 1")
+        unknown = sorted(set(self.kinds) - set(PAIR_KINDS))
+        if unknown:
+            raise ConfigError(f"kinds: {unknown} are not pair kinds; choose from {', '.join(PAIR_KINDS)}")
+
+    @property
+    def start(self) -> str:
+        """The directory this stage starts from (mntp or simcse)."""
+        return self.mntp or self.simcse

@@ -18,9 +18,16 @@ from bg2vec.data.pipeline import load_manifest
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.encoder import CONFIG_NAME
 from bg2vec.ray_utils import init_ray, reraise_user_error
-from bg2vec.storage import absolute, child, exists, is_local, redact, resolve
-from bg2vec.training.config import MNTPConfig, TrainConfig
-from bg2vec.training.data import block_datasets, dev_dataset, fits_in_memory, text_datasets
+from bg2vec.storage import absolute, check_apart, child, exists, is_local, redact, resolve
+from bg2vec.training.config import ContrastiveConfig, MNTPConfig, SimCSEConfig, TrainConfig
+from bg2vec.training.data import (
+    block_datasets,
+    dev_dataset,
+    dev_pairs_dataset,
+    fits_in_memory,
+    pair_datasets,
+    text_datasets,
+)
 from bg2vec.training.output import output_state, take_failure
 
 
@@ -29,30 +36,35 @@ def run_stage(cfg: TrainConfig, callbacks: Sequence = ()) -> dict:
 
     ``callbacks``: Ray Train callbacks for the run (a Tune trial passes its TuneReportCallback). In a
     Tune trial Ray is already running and the run joins it."""
-    stage = "mntp" if isinstance(cfg, MNTPConfig) else "simcse"
+    stage = STAGE_NAMES[type(cfg)]
     # the workers read and write these paths from directories of their own
-    cfg = dataclasses.replace(cfg, data=absolute(cfg.data), output=absolute(cfg.output),
-                              **({"mntp": absolute(cfg.mntp)} if stage == "simcse" else {}))
+    inputs = {key: absolute(getattr(cfg, key)) for key in ("data", "mntp", "simcse", "pairs")
+              if getattr(cfg, key, None)}
+    cfg = dataclasses.replace(cfg, output=absolute(cfg.output), **inputs)
     if os.path.exists(cfg.model.name_or_path):  # a local base model folder
         cfg.model = dataclasses.replace(cfg.model, name_or_path=absolute(cfg.model.name_or_path))
-    manifest = load_manifest(cfg.data)
+    check_apart(cfg.output, {"model.name_or_path": cfg.model.name_or_path, **inputs})
+    manifest = _read_pairs(cfg) if stage == "contrastive" else load_manifest(cfg.data)
     state = output_state(cfg.output)
     if state != "missing" and not cfg.overwrite:
         what = "a trained model" if state == "complete" else "files"
         raise Bg2VecError(f"output {redact(cfg.output)} already holds {what}; choose another output= or pass "
                           f"overwrite=true")
-    resolved = {"stage": stage, "cfg": to_dict(cfg), "seq_len": manifest["seq_len"]}
+    resolved = {"stage": stage, "cfg": to_dict(cfg),
+                "seq_len": cfg.max_length if stage == "contrastive" else manifest["seq_len"]}
     if stage == "mntp":
         resolved["tokenizer"] = (child(cfg.data, "tokenizer") if manifest["tokenizer"].get("trained")
                                  else manifest["tokenizer"]["name_or_path"])
         resolved["base"] = cfg.model.name_or_path
-    else:
-        mntp = _read_mntp(cfg.mntp)
-        resolved["tokenizer"] = resolved["mntp"] = cfg.mntp
-        resolved["mntp_config"] = mntp  # read once here; the workers' output names its stages
-        base = mntp["base_model"]
-        fs, path = resolve(cfg.mntp)
-        resolved["base"] = child(cfg.mntp, base) if exists(fs, f"{path}/{base}") else base
+    else:  # the trained directory this stage continues: its base, its tokenizer, its stages merged
+        key = "simcse" if getattr(cfg, "simcse", None) else "mntp"
+        start = getattr(cfg, key)
+        start_config = _read_trained(start, key)
+        resolved["tokenizer"] = resolved["start"] = start
+        resolved["start_config"] = start_config  # read once here; the workers' output names its stages
+        base = start_config["base_model"]
+        fs, path = resolve(start)
+        resolved["base"] = child(start, base) if exists(fs, f"{path}/{base}") else base
     storage = cfg.run.storage_path or f"{cfg.output.rstrip('/')}.runs"
     storage = absolute(storage)
     name = cfg.run.name or stage
@@ -71,10 +83,16 @@ def run_stage(cfg: TrainConfig, callbacks: Sequence = ()) -> dict:
 
     DataContext.get_current().enable_progress_bars = False  # the training loop reports progress
     small = fits_in_memory(manifest, stage)
-    datasets = (block_datasets(cfg.data, manifest, cfg.seed, small) if stage == "mntp" else
-                text_datasets(cfg.data, manifest, cfg.seed, cfg.text_unit, cfg.min_chars, small))
+    if stage == "mntp":
+        datasets = block_datasets(cfg.data, manifest, cfg.seed, small)
+    elif stage == "simcse":
+        datasets = text_datasets(cfg.data, manifest, cfg.seed, cfg.text_unit, cfg.min_chars, small)
+    else:
+        datasets = pair_datasets(cfg.pairs, manifest, cfg.seed, cfg.kinds, small)
     if cfg.run.dev_blocks:
-        datasets["dev"] = dev_dataset(cfg.data, manifest, cfg.run.dev_blocks, cfg.scaling.num_workers)
+        datasets["dev"] = (dev_pairs_dataset(cfg.pairs, manifest, cfg.run.dev_blocks, cfg.scaling.num_workers)
+                           if stage == "contrastive" else
+                           dev_dataset(cfg.data, manifest, cfg.run.dev_blocks, cfg.scaling.num_workers))
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if cfg.scaling.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=resolved, datasets=datasets,
@@ -98,17 +116,51 @@ def run_stage(cfg: TrainConfig, callbacks: Sequence = ()) -> dict:
             "checkpoint": result.checkpoint.path if result.checkpoint else None}
 
 
-def _read_mntp(mntp: str) -> dict:
-    fs, path = resolve(mntp)
+STAGE_NAMES = {MNTPConfig: "mntp", SimCSEConfig: "simcse", ContrastiveConfig: "contrastive"}
+TRAINED = {"mntp": "MNTP", "simcse": "SimCSE"}
+
+
+def _read_trained(directory: str, stage: str) -> dict:
+    """The bg2vec_config.json of ``stage``'s output (``stage=DIR``), checked to be that stage's."""
+    fs, path = resolve(directory)
     if not exists(fs, f"{path}/{CONFIG_NAME}"):
-        raise Bg2VecError(f"mntp={redact(mntp)} is not a trained MNTP directory (no {CONFIG_NAME}): run "
-                          f"jobs/mntp.py first")
+        raise Bg2VecError(f"{stage}={redact(directory)} is not a trained {TRAINED[stage]} directory "
+                          f"(no {CONFIG_NAME}): run jobs/{stage}.py first")
     with fs.open_input_stream(f"{path}/{CONFIG_NAME}") as f:
         config = json.loads(f.read())
-    if not config.get("stages") or config["stages"][-1]["name"] != "mntp":
-        raise Bg2VecError(f"mntp={redact(mntp)}: its last stage is "
-                          f"{(config.get('stages') or [{'name': 'none'}])[-1]['name']!r}, not 'mntp'")
+    if not config.get("stages") or config["stages"][-1]["name"] != stage:
+        raise Bg2VecError(f"{stage}={redact(directory)}: its last stage is "
+                          f"{(config.get('stages') or [{'name': 'none'}])[-1]['name']!r}, not {stage!r}")
     return config
+
+
+PAIRS_FORMAT = "bg2vec-pairs-v1"
+
+
+def _read_pairs(cfg: ContrastiveConfig) -> dict:
+    """The pairs directory's manifest, checked: complete, of this format, with enough training pairs."""
+    fs, path = resolve(cfg.pairs)
+    where = f"pairs={redact(cfg.pairs)}"
+    if not exists(fs, f"{path}/manifest.json"):
+        raise Bg2VecError(f"{where} is not a pairs directory (no manifest.json): run jobs/pairs.py first, or wait "
+                          f"until it has finished")
+    with fs.open_input_stream(f"{path}/manifest.json") as f:
+        manifest = json.loads(f.read())
+    if manifest.get("format") != PAIRS_FORMAT:
+        raise Bg2VecError(f"{where}: manifest.json has format {manifest.get('format')!r}, not {PAIRS_FORMAT!r}; "
+                          f"make the pairs with this bg2vec's jobs/pairs.py")
+    files, counts = manifest.get("files") or {}, manifest.get("counts") or {}
+    missing = [f"pairs/{split}" for split in ("train", "validation") if f"pairs/{split}" not in files]
+    if missing or "train" not in counts:
+        raise Bg2VecError(f"{where}: manifest.json lists no files for {missing or ['counts.train']}; the directory "
+                          f"is incomplete: make it again with jobs/pairs.py")
+    train = sum(n for kind, n in counts["train"].items() if not cfg.kinds or kind in cfg.kinds)
+    if train < cfg.global_batch_size:
+        kinds = f" of kinds {cfg.kinds}" if cfg.kinds else ""
+        raise Bg2VecError(f"{where} holds {train} training pair(s){kinds} (by kind: {counts['train']}), fewer than "
+                          f"one global batch ({cfg.global_batch_size}): make more pairs, widen kinds= or lower "
+                          f"global_batch_size")
+    return manifest
 
 
 def _tensorboard_ok(storage: str) -> bool:

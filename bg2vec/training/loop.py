@@ -1,4 +1,4 @@
-"""The Ray Train worker loop shared by MNTP and SimCSE, in three parts: setup, train, save.
+"""The Ray Train worker loop shared by the training stages, in three parts: setup, train, save.
 
 Every setting arrives through ``train_loop_config`` (the stage's typed config as a dict plus what
 the driver resolved: tokenizer, base model, run directory). Each worker streams its own disjoint
@@ -6,7 +6,8 @@ shard of the data, DeepSpeed shards what ``zero_stage`` says (auto: ZeRO-2 where
 model fits, else ZeRO-3), and every ``run.checkpoint_every`` steps all ranks write the DeepSpeed
 checkpoint (adapters, optimizer, scheduler, and the position in the data) into one Ray checkpoint.
 Randomness (masking, dropout, shuffling) is derived from (seed, step, rank), so a resumed run draws
-exactly what the uninterrupted run would have drawn, with no RNG state to carry.
+exactly what the uninterrupted run would have drawn, with no RNG state to carry. What differs
+between the stages (model, batches, loss, dev score) lives in ``bg2vec.training.stages``.
 """
 
 from __future__ import annotations
@@ -32,34 +33,26 @@ from bg2vec.config import from_dict
 from bg2vec.console import quiet_worker
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.bidirectional import family_of
-from bg2vec.modeling.dropout import set_dropout
-from bg2vec.modeling.pooling import pool
-from bg2vec.objectives.mntp import MaskedNextTokenModel, MNTPMasker, add_mask_token, mask_token_id
-from bg2vec.objectives.simcse import distributed_simcse_loss
 from bg2vec.storage import localize
 from bg2vec.training.adapters import gathered_lora_state
-from bg2vec.training.config import TINY_PREFIX, MNTPConfig, SimCSEConfig, TrainConfig
-from bg2vec.training.data import BlocksCollator, TextCollator
+from bg2vec.training.config import TINY_PREFIX, TrainConfig
 from bg2vec.training.deepspeed_config import deepspeed_config
-from bg2vec.training.dev_score import continuation_mrr, halves
+from bg2vec.training.dev_score import continuation_mrr
 from bg2vec.training.metrics import MetricsSink
 from bg2vec.training.model import (
     add_lora,
     base_config,
     flush_denormals,
-    gather_for_write,
-    load_base,
-    merge_adapter,
     prepare_for_training,
     torch_dtype,
     zero3_fetch_whole_layers,
 )
 from bg2vec.training.model_dir import write_model_dir
 from bg2vec.training.output import publish_dir, write_failure
+from bg2vec.training.stages import STAGES
 from bg2vec.training.zero_stage import resolve_zero_stage
 
 CHECKPOINT_TAG = "deepspeed"
-STAGES = {"mntp": MNTPConfig, "simcse": SimCSEConfig}
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -81,7 +74,7 @@ class StageRecipe:
         import ray.train
 
         self.stage: str = config["stage"]
-        self.cfg: TrainConfig = from_dict(STAGES[self.stage], config["cfg"], where=f"{self.stage} config")
+        self.cfg: TrainConfig = from_dict(STAGES[self.stage][0], config["cfg"], where=f"{self.stage} config")
         self.resolved = config
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
@@ -129,33 +122,16 @@ class StageRecipe:
 
             self._hf_ds = HfDeepSpeedConfig(ds_config)  # from_pretrained now shards while loading
 
-        self.tiny_base: Path | None = None  # mntp: a tiny base saved for the output
-        self.mntp_dir: Path | None = None  # simcse: the MNTP encoder it continues
-        if self.stage == "mntp":
-            model = load_base(cfg.model, causal_lm=True, tokenizer=self.tokenizer, dtype=dtype, seed=cfg.seed,
-                              base_path=base_path)
-            self._save_tiny_base(model)
-            if cfg.mask_token == "mask":
-                add_mask_token(model, self.tokenizer, gather_for_write)
-            self.masker = MNTPMasker(mask_token_id(self.tokenizer, cfg.mask_token), len(self.tokenizer),
-                                     tuple(self.tokenizer.all_special_ids), cfg.mask_ratio, cfg.mask_strategy)
-            self.collate = BlocksCollator()
-        else:
-            self.mntp_dir = Path(localize(self.resolved["mntp"]))
-            model = load_base(cfg.model, causal_lm=False, tokenizer=self.tokenizer, dtype=dtype, seed=cfg.seed,
-                              base_path=base_path)
-            model = merge_adapter(model, self.mntp_dir)
-            set_dropout(model, cfg.attention_dropout, cfg.hidden_dropout)
-            self.collate = TextCollator(self.tokenizer, cfg.max_length, cfg.pooling)
+        # what this stage does its own way: the model, the batches, the loss, the dev score
+        self.specifics = STAGES[self.stage][1](cfg, self.resolved, self.tokenizer, self.rank, self.world)
+        model = self.specifics.load(dtype, base_path)
         self.family = family_of(model)
+        torch.manual_seed(cfg.seed)  # the new LoRA's initial weights: the same in every run of this seed
         model = add_lora(prepare_for_training(model, cfg.model), cfg.lora)
         if cfg.zero_stage == 3:
             zero3_fetch_whole_layers(model)
         self.peft_model = model
-        if self.stage == "mntp":  # the LM head only where a masked token is predicted
-            model = MaskedNextTokenModel(model)
-            if cfg.zero_stage == 3:
-                deepspeed.zero.register_external_parameter(model, model.head_weight)
+        model = self.specifics.wrap(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = None
         if not cfg.offload_optimizer:
@@ -168,7 +144,7 @@ class StageRecipe:
                                                    num_training_steps=cfg.max_steps))
         self.train_shard = ray.train.get_dataset_shard("train")
         self.validation_shard = ray.train.get_dataset_shard("validation")
-        self.dev_blocks = self._dev_blocks()
+        self.dev_rows = self._dev_rows()
         self.sink = None
         if self.rank == 0:
             self.sink = MetricsSink(self.stage, cfg.max_steps, self.resolved.get("tensorboard"),
@@ -176,26 +152,14 @@ class StageRecipe:
                                     {"stage": self.stage, "workers": self.world, **self.resolved["cfg"]})
         self._restore()
 
-    def _dev_blocks(self) -> torch.Tensor | None:
-        """This rank's equal share of the dev blocks (every rank receives them all, numbered)."""
+    def _dev_rows(self):
+        """This rank's share of the dev score's rows (None: no dev score)."""
         if not self.cfg.run.dev_blocks:
             return None
         import ray.train
 
-        batches = list(ray.train.get_dataset_shard("dev").iter_batches(batch_size=None, batch_format="numpy"))
-        index = np.concatenate([b["index"] for b in batches])
-        blocks = np.concatenate([np.stack(b["input_ids"]) for b in batches])[np.argsort(index)]
-        return torch.from_numpy(blocks[self.rank::self.world].astype(np.int64))
-
-    def _save_tiny_base(self, model) -> None:
-        """tiny:<family> bases exist nowhere else: rank 0 keeps the initial weights for the output.
-
-        Saved as the bare decoder, without MNTP's LM head: what SimCSE and the encoder load
-        (``AutoModel``), which would otherwise report the head's weights as unexpected at every load."""
-        if self.resolved["base"].startswith(TINY_PREFIX) and self.rank == 0:
-            self.tiny_base = Path(tempfile.mkdtemp(prefix="bg2vec-tiny-base-"))
-            model.base_model.save_pretrained(self.tiny_base)
-            self.tokenizer.save_pretrained(self.tiny_base)  # a complete model folder of its own
+        return self.specifics.dev_share(list(ray.train.get_dataset_shard("dev").iter_batches(batch_size=None,
+                                                                                          batch_format="numpy")))
 
     def _restore(self) -> None:
         import ray.train
@@ -233,9 +197,9 @@ class StageRecipe:
                 self.failure = self._nonfinite(loss, step)
                 if self.failure is not None:
                     return
-                # SimCSE: the loss is already the global-batch loss on every rank and DeepSpeed
+                # contrastive losses are already the global batch's on every rank and DeepSpeed
                 # averages gradients over ranks, so scale by the world size (see objectives.simcse)
-                self.engine.backward(loss * self.world if self.stage == "simcse" else loss)
+                self.engine.backward(loss * self.world if self.specifics.global_loss else loss)
                 self.engine.step()
                 window += torch.tensor([loss.item(), accuracy.item(), 1.0, tokens], dtype=torch.float64)
             state["step"] += 1
@@ -261,23 +225,11 @@ class StageRecipe:
 
                 ray.train.report(self._report(metrics))
 
-    def _forward(self, batch: dict, seed: int, training: bool = True):
+    def _forward(self, batch: dict, seed: int):
         """(loss, accuracy, real tokens) of one micro-batch; ``seed`` fixes masking and dropout."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         torch.manual_seed(seed)  # dropout (LoRA's, SimCSE's) on every device
-        if self.stage == "mntp":
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            inputs, labels = self.masker(batch["input_ids"], generator)
-            loss, accuracy = self.engine(input_ids=inputs, labels=labels)  # full blocks: no padding, no mask
-            return loss, accuracy, batch["input_ids"].numel()
-        # SimCSE: both views in one forward pass (dropout differs per row), then split
-        doubled = {k: torch.cat([v, v]) for k, v in batch.items()}
-        hidden = self.engine(input_ids=doubled["input_ids"], attention_mask=doubled["attention_mask"],
-                             position_ids=doubled["position_ids"]).last_hidden_state
-        pooled = pool(hidden, doubled["attention_mask"], doubled["embed_mask"], self.cfg.pooling)
-        a, b = pooled.chunk(2)
-        loss, accuracy = distributed_simcse_loss(a, b, self.cfg.temperature)
-        return loss, accuracy, int(doubled["attention_mask"].sum())
+        return self.specifics.forward(self.engine, batch, seed, self.device)
 
     def _batches(self):
         """This worker's micro-batches, epoch after epoch, starting where the checkpoint left off."""
@@ -285,7 +237,7 @@ class StageRecipe:
         while True:
             seen = 0
             for batch in self.train_shard.iter_torch_batches(
-                    batch_size=cfg.micro_batch, drop_last=True, collate_fn=self.collate,
+                    batch_size=cfg.micro_batch, drop_last=True, collate_fn=self.specifics.collate,
                     local_shuffle_buffer_size=max(4 * cfg.micro_batch, 256),
                     local_shuffle_seed=derived_seed(cfg.seed, state["epoch"], self.rank)):
                 seen += 1
@@ -325,13 +277,13 @@ class StageRecipe:
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
-        """Loss and accuracy on up to run.eval_batches validation batches per worker. MNTP runs in
-        eval mode; SimCSE keeps dropout on, since the noise is what makes its two views differ."""
-        if self.stage == "mntp":
+        """Loss and accuracy on up to run.eval_batches validation batches per worker, in eval mode
+        unless the stage needs its dropout (SimCSE: the noise is what makes its two views differ)."""
+        if self.specifics.validate_in_eval_mode:
             self.engine.eval()
         total = torch.zeros(3, dtype=torch.float64, device=self.device)
         for i, batch in enumerate(self.validation_shard.iter_torch_batches(
-                batch_size=self.cfg.micro_batch, drop_last=True, collate_fn=self.collate)):
+                batch_size=self.cfg.micro_batch, drop_last=True, collate_fn=self.specifics.collate)):
             if i >= self.cfg.run.eval_batches:
                 break
             loss, accuracy, _ = self._forward(batch, derived_seed(self.cfg.seed, 2**31, i, self.rank))
@@ -346,22 +298,13 @@ class StageRecipe:
 
     @torch.no_grad()
     def _dev_score(self) -> dict[str, float]:
-        """Continuation retrieval on the dev blocks (bg2vec.training.dev_score), the same in both
-        stages: eval mode (no dropout), every rank embeds its share, the score is over all of them."""
-        if self.dev_blocks is None:
+        """The stage's dev retrieval (bg2vec.training.dev_score) in eval mode (no dropout): every rank
+        embeds its share, the score is over all of them."""
+        if self.dev_rows is None:
             return {}
         self.engine.eval()
-        embedded = []
-        for blocks in self.dev_blocks.split(self.cfg.micro_batch):
-            parts = halves(blocks).to(self.device)  # first halves, then second halves: one forward pass
-            if self.stage == "mntp":  # MaskedNextTokenModel without labels: the final (normed) hidden states
-                hidden = self.engine(input_ids=parts)
-            else:
-                hidden = self.engine(input_ids=parts).last_hidden_state
-            ones = torch.ones_like(parts)
-            embedded.append(pool(hidden, ones, ones, "mean").float().unflatten(0, (2, -1)))
+        mine = torch.stack(self.specifics.dev_embeddings(self.engine, self.dev_rows, self.device))  # [2, rows, H]
         self.engine.train()
-        mine = torch.cat(embedded, dim=1)  # [2, blocks of this rank, H]
         if dist.is_initialized():
             gathered = [torch.empty_like(mine) for _ in range(self.world)]
             dist.all_gather(gathered, mine)
@@ -390,7 +333,8 @@ class StageRecipe:
             staging = Path(tempfile.mkdtemp(prefix="bg2vec-output-"))
             try:
                 write_model_dir(staging, self.stage, cfg, state, tokenizer=self.tokenizer, family=self.family,
-                                resolved=self.resolved, tiny_base=self.tiny_base, mntp_dir=self.mntp_dir)
+                                resolved=self.resolved, tiny_base=self.specifics.tiny_base,
+                                start_dir=self.specifics.start_dir)
                 publish_dir(staging, cfg.output)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
