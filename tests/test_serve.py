@@ -67,7 +67,7 @@ def test_replicas_get_the_key_s_digest_only():
 
 
 def test_served_name_and_key_sources(monkeypatch):
-    assert config().name == "simcse"  # the folder of the preset's model, runs/demo/simcse
+    assert config().name == "contrastive"  # the folder of the preset's model, runs/demo/contrastive
     assert config("model=s3://bucket/encoders/bg-7b/?region=eu").name == "bg-7b"
     assert config("served_name=bg-search").name == "bg-search"
     assert config("api_key=abc").resolve_api_key() == "abc" and config().resolve_api_key() is None
