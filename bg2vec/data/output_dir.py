@@ -63,6 +63,18 @@ class ManifestDir:
         storage.write_bytes_atomic(self.fs, self.manifest_path, data)
 
 
+def read_manifest(uri: str, key: str, what: str, producer: str) -> dict:
+    """The manifest of a complete output directory; a clear error naming ``key=uri`` if it has none
+    (the run that makes it has not finished)."""
+    fs, base = storage.resolve(uri)
+    path = storage.join(base, "manifest.json")
+    if not storage.exists(fs, path):
+        raise Bg2VecError(f"{key}={storage.redact(uri)} is not a {what} (no manifest.json): run {producer} first, or "
+                          f"wait until it has finished")
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
 class PreparedDir(ManifestDir):
     """``DIR/{pages,blocks/<split>,tokenizer}/`` and ``DIR/manifest.json``."""
 

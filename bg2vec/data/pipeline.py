@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import time
 import uuid
@@ -43,13 +42,13 @@ from bg2vec.data.config import PrepareConfig
 from bg2vec.data.dump_datasource import WikipediaDumpDatasource
 from bg2vec.data.dump_ranges import plan_ranges, read_multistream_index
 from bg2vec.data.dump_reader import read_siteinfo
-from bg2vec.data.output_dir import PreparedDir
+from bg2vec.data.output_dir import PreparedDir, read_manifest
 from bg2vec.data.parquet_source import ParquetFilesDatasource
 from bg2vec.data.sinks import DOCS_MIN_ROWS_PER_SHARD, PAGES_MIN_ROWS_PER_FILE, SPLITS, BlocksDatasink, PagesDatasink
 from bg2vec.data.sources import resolve_dump
 from bg2vec.data.stages import clean_pages, tokenize_docs
 from bg2vec.data.tokenization import load_tokenizer, train_bpe_tokenizer
-from bg2vec.errors import Bg2VecError, DumpError
+from bg2vec.errors import DumpError
 from bg2vec.ray_utils import init_ray, reraise_user_error
 
 log = logging.getLogger(__name__)
@@ -262,10 +261,4 @@ def describe_prepared(output: str, manifest: dict) -> str:
 
 def load_manifest(directory: str) -> dict:
     """The manifest of a prepared directory; a clear error if it is missing (incomplete run)."""
-    fs, base = storage.resolve(directory)
-    path = storage.join(base, "manifest.json")
-    if not storage.exists(fs, path):
-        raise Bg2VecError(f"data={storage.redact(directory)} is not a prepared data directory (no manifest.json): "
-                          f"run jobs/prepare_data.py first, or wait until it has finished")
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
+    return read_manifest(directory, "data", "prepared data directory", "jobs/prepare_data.py")

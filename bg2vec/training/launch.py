@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from bg2vec._compat import ray_train_ingest_options
 from bg2vec.config import to_dict
 from bg2vec.console import train_log_level, verbose
+from bg2vec.data.output_dir import read_manifest
 from bg2vec.data.pipeline import load_manifest
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.encoder import CONFIG_NAME
@@ -139,13 +140,8 @@ PAIRS_FORMAT = "bg2vec-pairs-v1"
 
 def _read_pairs(cfg: ContrastiveConfig) -> dict:
     """The pairs directory's manifest, checked: complete, of this format, with enough training pairs."""
-    fs, path = resolve(cfg.pairs)
     where = f"pairs={redact(cfg.pairs)}"
-    if not exists(fs, f"{path}/manifest.json"):
-        raise Bg2VecError(f"{where} is not a pairs directory (no manifest.json): run jobs/pairs.py first, or wait "
-                          f"until it has finished")
-    with fs.open_input_stream(f"{path}/manifest.json") as f:
-        manifest = json.loads(f.read())
+    manifest = read_manifest(cfg.pairs, "pairs", "pairs directory", "jobs/pairs.py")
     if manifest.get("format") != PAIRS_FORMAT:
         raise Bg2VecError(f"{where}: manifest.json has format {manifest.get('format')!r}, not {PAIRS_FORMAT!r}; "
                           f"make the pairs with this bg2vec's jobs/pairs.py")
