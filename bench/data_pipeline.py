@@ -9,7 +9,7 @@ multistream dump built from it (its pages replicated with new ids, cached under 
 
 1. cleaning speed per core, ours vs WikiExtractor 3.1.0 with templates not expanded (its
    --no-templates mode), on the same pages in the same process, best of several interleaved runs;
-2. markup residue (bg2vec.data.residue) of both on the pages both keep;
+2. markup residue (bg2vec.data.text.residue) of both on the pages both keep;
 3. Ray Data scaling of the whole prepare job, 1 vs 2 CPUs (fresh local Ray each, same dump; the
    1-CPU run also pinned to one core, as Ray's own processes otherwise use the second), with
    each pass fused into one task per range or file (the pipeline's choice for many-range dumps)
@@ -40,13 +40,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from bg2vec.data.config import CleaningConfig
-from bg2vec.data.dump_reader import iter_pages
-from bg2vec.data.multistream import split_pages, write_multistream
-from bg2vec.data.packing import BlockPacker, blocks_to_arrow
-from bg2vec.data.residue import residue_rate
+from bg2vec.data.dumps.dump_reader import iter_pages
+from bg2vec.data.dumps.multistream import split_pages, write_multistream
 from bg2vec.data.stages import TokenizeDocs
-from bg2vec.data.tokenization import load_tokenizer
-from bg2vec.data.wikitext import WikitextCleaner
+from bg2vec.data.text.residue import residue_rate
+from bg2vec.data.text.wikitext import WikitextCleaner
+from bg2vec.data.tokens.packing import BlockPacker, blocks_to_arrow
+from bg2vec.data.tokens.tokenization import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BG2VEC_SHARED", REPO.parent / "shared"))
@@ -215,7 +215,7 @@ def _scaling_run(cpus: int, dump: str, fuse: str) -> None:
     from bg2vec.config import load_config
     from bg2vec.data import pipeline
     from bg2vec.data.config import PrepareConfig
-    from bg2vec.ray_utils import start_local_ray
+    from bg2vec.ray_session import start_local_ray
 
     pipeline.FUSE_RANGES_PER_CPU = float(fuse)
 

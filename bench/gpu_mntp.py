@@ -1,7 +1,7 @@
 """MNTP on one GPU for BgGPT-7B's shape with random weights: tokens/s, memory and model FLOPs utilisation.
 
     python bench/gpu_mntp.py                      # one CUDA GPU with 40 GB or more, about 4 minutes
-    python bench/gpu_mntp.py --zero-stage 2       # DeepSpeed ZeRO-2 instead of ZeRO-3
+    python bench/gpu_mntp.py --zero-stage 2       # DeepSpeed ZeRO-2 instead of ZeRO-3 (0: plain data parallel)
     python bench/gpu_mntp.py --json runs/gpu.json # also keep every number
     python bench/gpu_mntp.py --smoke              # the same code on CPU at a toy size, in a minute
 
@@ -128,7 +128,7 @@ def peak_tflops(device: torch.device) -> tuple[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="CPU, toy shape, 2 timed steps: checks the code")
-    parser.add_argument("--zero-stage", type=int, choices=(2, 3), default=3, help="DeepSpeed's ZeRO stage")
+    parser.add_argument("--zero-stage", type=int, choices=(0, 2, 3), default=3, help="DeepSpeed's ZeRO stage")
     parser.add_argument("--json", type=Path, help="also write every number to this file")
     args = parser.parse_args()
 

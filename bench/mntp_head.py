@@ -39,7 +39,7 @@ def run_variant(head: str, batch: int, seq: int, mask_ratio: float) -> dict:
     from mntp_steps import plain_step  # bench/, beside this script
 
     from bg2vec.config import load_config
-    from bg2vec.data.tokenization import load_tokenizer
+    from bg2vec.data.tokens.tokenization import load_tokenizer
     from bg2vec.objectives.mntp import MNTPMasker, mask_token_id
     from bg2vec.training.config import MNTPConfig
     from bg2vec.training.model import add_lora, flush_denormals, load_base, prepare_for_training

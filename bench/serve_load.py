@@ -47,7 +47,7 @@ from encode import write_small_model  # bench/ is the script's directory, first 
 from transformers import AutoTokenizer
 
 from bg2vec import Bg2Vec
-from bg2vec.ray_utils import free_port
+from bg2vec.ray_session import free_port
 from bg2vec.serving.config import ServeConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import posixpath
 import re
+import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -93,12 +99,38 @@ def publish(fs: pafs.FileSystem, staged: str, path: str) -> None:
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+SOURCE_RECORD = ".bg2vec-source.json"  # in a cached copy, written last: what it is a copy of
+
+
+def model_cache() -> Path:
+    """Where models are kept on this machine: ``$BG2VEC_CACHE/models``, default ``~/.cache/bg2vec/models``."""
+    base = os.environ.get("BG2VEC_CACHE")
+    return Path(base) / "models" if base else Path.home() / ".cache" / "bg2vec" / "models"
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) across the processes of this machine."""
+    import fcntl
+
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def localize(uri_or_path: str, skip_suffixes: tuple[str, ...] = ()) -> str:
-    """A local path for ``uri_or_path``: itself when local (or a hub id), else a downloaded copy
-    without the files ending in ``skip_suffixes`` (WEIGHT_SUFFIXES: just the tokenizer and configs).
-    ``packaged:<name>`` is the packaged model's folder (bg2vec.modeling.packaged)."""
+    """A local path for ``uri_or_path``: itself when local (or a hub id), else a copy without the files
+    ending in ``skip_suffixes`` (WEIGHT_SUFFIXES: just the tokenizer and configs).
+    ``packaged:<name>`` is the packaged model's folder (bg2vec.modeling.packaged).
+
+    The copy is kept in :func:`model_cache` under a hash of the URI (credentials left out) and
+    ``skip_suffixes``, and reused while the remote files keep their names, sizes and modification times
+    (pyarrow lists no ETags; object stores keep whole seconds); when they change, a fresh copy replaces
+    it. A copy is downloaded beside the cache folder and renamed into place whole, under a lock that makes
+    the workers of one machine download it once."""
     if uri_or_path.startswith("packaged:"):
         from bg2vec.modeling.packaged import resolve as resolve_packaged
 
@@ -106,13 +138,44 @@ def localize(uri_or_path: str, skip_suffixes: tuple[str, ...] = ()) -> str:
     if is_local(uri_or_path):
         return uri_or_path
     fs, path = resolve(uri_or_path)
-    target = tempfile.mkdtemp(prefix="bg2vec-")
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if info.type == pafs.FileType.File and not info.path.endswith(skip_suffixes):
-            local = os.path.join(target, os.path.relpath(info.path, path))
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            pafs.copy_files(info.path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    return target
+    files = {posixpath.relpath(info.path, path): info
+             for info in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+             if info.type == pafs.FileType.File and not info.path.endswith(skip_suffixes)}
+    source = {"uri": redact(uri_or_path), "skip_suffixes": sorted(skip_suffixes),
+              "files": {name: [info.size, info.mtime_ns] for name, info in sorted(files.items())}}
+    key = hashlib.sha256(json.dumps([source["uri"], source["skip_suffixes"]]).encode()).hexdigest()[:24]
+    cache = model_cache()
+    target = cache / key
+    if _copy_of(target) == source:
+        return str(target)
+    cache.mkdir(parents=True, exist_ok=True)
+    with locked(cache / f".{key}.lock"):
+        if _copy_of(target) == source:  # another process copied it while this one waited
+            return str(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache))
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model folder
+        stale = cache / f".{key}.old-{uuid.uuid4().hex}"
+        try:
+            for name, info in files.items():
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                pafs.copy_files(info.path, str(staging / name), source_filesystem=fs,
+                                destination_filesystem=pafs.LocalFileSystem())
+            (staging / SOURCE_RECORD).write_text(json.dumps(source))
+            if target.exists():  # the remote changed: its old copy goes
+                target.rename(stale)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(stale, ignore_errors=True)
+    return str(target)
+
+
+def _copy_of(folder: Path) -> dict | None:
+    """What a cached copy is a copy of (its SOURCE_RECORD); None: no complete copy there."""
+    try:
+        return json.loads((folder / SOURCE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _location(uri_or_path: str, existing: bool) -> tuple[str, str] | None:

@@ -1,7 +1,7 @@
 """Export a trained encoder as a sentence-transformers folder with a model card (loadable without bg2vec).
 
-    # the embedded default: the demo's encoder (make demo) with its evaluation in the card
-    python jobs/export.py --config configs/tiny/export.yaml model=runs/demo/simcse output=runs/demo/export
+    # the demo's encoder (make demo); its evaluation beside it (runs/demo/eval/results.json) goes into the card
+    python jobs/export.py --config configs/tiny/export.yaml model=runs/demo/contrastive output=runs/demo/export
 
     # a trained BgGPT encoder, bfloat16, uploaded to the Hub (token from HF_TOKEN or `hf auth login`)
     python jobs/export.py --config configs/bggpt-7b/export.yaml model=/mnt/models/bg2vec-7b \\
@@ -27,14 +27,15 @@ def main(cfg: ExportConfig) -> str:
     stop_on_sigterm()  # ray job stop: the staged folder is removed as on Ctrl-C
     print(f"[export] merging {cfg.model}'s adapters into its base and writing {cfg.output}", flush=True)
     summary = export(cfg)
-    check = summary["verification"]
-    checked = (f"sentence-transformers gives the encoder's embeddings (max difference {check['max_abs_diff']:.1e}, "
-               f"{check['texts']} texts, padding {' and '.join(check['padding'])})" if check
-               else "not checked with sentence-transformers (not installed)")
+    check, results = summary["verification"], summary["results"]
+    evaluation = (f"the evaluation in {results}" if cfg.results is not None
+                  else f"the pipeline's evaluation beside the model, {results}" if results
+                  else "no evaluation table (none beside the model; results= names an evaluation's results.json)")
     lines = [f"exported {cfg.output}: {' -> '.join(summary['modules'])}, {summary['pooling']} pooling, "
              f"dimension {summary['dimension']}, {summary['dtype']}",
-             f"  check: {checked}",
-             f"  model card: {cfg.output}/README.md"]
+             f"  check: sentence-transformers gives the encoder's embeddings (max difference "
+             f"{check['max_abs_diff']:.1e}, {check['texts']} texts, padding {' and '.join(check['padding'])})",
+             f"  model card: {cfg.output}/README.md, with {evaluation}"]
     if summary["prompts"]["query"]:
         lines.append(f"  queries: encode_query prepends {summary['prompts']['query']!r}")
     if summary["matryoshka_dims"]:

@@ -21,11 +21,11 @@ Running the same command again resumes an interrupted search (Tuner.restore).
 
 from bg2vec.cli import run_job
 from bg2vec.storage import child, redact
-from bg2vec.tuning import METRIC, TuneConfig
+from bg2vec.tuning.search import METRIC, TuneConfig
 
 
 def main(cfg: TuneConfig) -> str:
-    from bg2vec.tuning import run_search
+    from bg2vec.tuning.search import run_search
 
     result = run_search(cfg)
     best, output = result["best"], result["output"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import lzma
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bg2vec.ray_utils import free_port
+from bg2vec.ray_session import free_port
 
 pytest_plugins = ["dump_server"]  # the local HTTP dump server of the download tests
 
@@ -35,22 +36,45 @@ def mistral_tokenizer_dir(shared_dir: Path) -> Path:
     return shared_dir / "data" / "tokenizers" / "mistral-7b-instruct-v0.3"
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the whole session (2 CPUs, like the CI machine)."""
+@contextlib.contextmanager
+def local_ray():
+    """A local Ray of our own (2 CPUs, like the CI machine), or the one this process already runs."""
     import ray
     from ray.data import DataContext
 
-    from bg2vec.ray_utils import start_local_ray
+    from bg2vec.ray_session import start_local_ray
 
+    if ray.is_initialized():
+        yield ray
+        return
     start_local_ray(num_cpus=2)
     DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_across_modules():
+    """Whatever Ray a module's code started (a job's init_ray in-process) ends with the module."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A fresh local Ray for each module that asks: no module's actors, jobs or Ray Data state reach the next
+    (late in one session-long Ray, in-process actor pools and Serve deployments once never came up)."""
+    with local_ray() as ray:
+        yield ray
 
 
 @pytest.fixture(scope="session")
-def prepared_sample(ray_local, tmp_path_factory) -> Path:
+def prepared_sample(tmp_path_factory) -> Path:
     """The sample dump prepared with configs/tiny/prepare.yaml (pages/, a trained tokenizer/), once per session;
     read it, never change it."""
     from bg2vec.config import load_config
@@ -58,7 +82,8 @@ def prepared_sample(ray_local, tmp_path_factory) -> Path:
     from bg2vec.data.pipeline import prepare
 
     data = tmp_path_factory.mktemp("sample") / "data"
-    prepare(load_config(PrepareConfig, str(REPO / "configs/tiny/prepare.yaml"), [f"output={data}"]))
+    with local_ray():
+        prepare(load_config(PrepareConfig, str(REPO / "configs/tiny/prepare.yaml"), [f"output={data}"]))
     return data
 
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bg2vec.data import http_policy
+from bg2vec.data.dumps import http_policy
 
 DATA = random.Random(0).randbytes(200_000)
 DUMP_DIR = "/bgwiki/20241101"

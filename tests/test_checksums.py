@@ -1,4 +1,4 @@
-"""bg2vec.data.checksums: the sums files Wikimedia publishes beside dumps, against a local server."""
+"""bg2vec.data.dumps.checksums: the sums files Wikimedia publishes beside dumps, against a local server."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from bg2vec.data.checksums import file_digest, published_checksum
-from bg2vec.data.download import fetch
+from bg2vec.data.dumps.checksums import file_digest, published_checksum
+from bg2vec.data.dumps.download import fetch
 from dump_server import DATA, DUMP, MD5SUMS, NAME, SHA1SUMS
 from dump_server import sums_file as _sums
 

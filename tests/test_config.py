@@ -19,7 +19,7 @@ from bg2vec.pairs.config import PairsConfig
 from bg2vec.planning import PlanConfig
 from bg2vec.serving.config import ServeConfig
 from bg2vec.training.config import ContrastiveConfig, MNTPConfig, SimCSEConfig
-from bg2vec.tuning import TuneConfig
+from bg2vec.tuning.search import TuneConfig
 from conftest import REPO
 
 # Every YAML under configs/<preset>/ is named after its stage; a new stage registers its class here.

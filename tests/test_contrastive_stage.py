@@ -73,7 +73,7 @@ def mntp_dir(tokenizer, tmp_path_factory) -> Path:
 
 
 def config(pairs: Path, output: Path, *overrides: str, start: str) -> ContrastiveConfig:
-    # 8 steps of 8 pairs over 2 workers, ZeRO-2 (auto), a checkpoint and a validation pass at 4 and 8
+    # 8 steps of 8 pairs over 2 workers, ZeRO-0 (auto), a checkpoint and a validation pass at 4 and 8
     return load_config(ContrastiveConfig, str(REPO / "configs/tiny/contrastive.yaml"), [
         f"pairs={pairs}", start, f"output={output}", "max_steps=8", "global_batch_size=8", "hard_negatives=2",
         "matryoshka_dims=[8, 16]", "run.checkpoint_every=4", "run.eval_every=4", "run.log_every=4",

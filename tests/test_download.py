@@ -1,4 +1,4 @@
-"""bg2vec.data.download against a real local HTTP server (Range, HEAD, injected faults)."""
+"""bg2vec.data.dumps.download against a real local HTTP server (Range, HEAD, injected faults)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from bg2vec.data.download import fetch
+from bg2vec.data.dumps.download import fetch
 from bg2vec.errors import DownloadError
 from dump_server import DATA, DUMP, MD5SUMS, NAME, SHA1SUMS
 from dump_server import sums_file as _sums

@@ -8,9 +8,9 @@ import re
 import pyarrow.fs as pafs
 import pytest
 
-from bg2vec.data.dump_ranges import plan_ranges, read_multistream_index
-from bg2vec.data.dump_reader import iter_pages, read_siteinfo, sniff_codec
-from bg2vec.data.multistream import split_pages, write_multistream
+from bg2vec.data.dumps.dump_ranges import plan_ranges, read_multistream_index
+from bg2vec.data.dumps.dump_reader import iter_pages, read_siteinfo, sniff_codec
+from bg2vec.data.dumps.multistream import split_pages, write_multistream
 from bg2vec.errors import DumpError
 from conftest import SAMPLE_DUMP, compress
 

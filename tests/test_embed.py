@@ -37,7 +37,7 @@ def test_passage_windows_by_hand():
 
 
 @pytest.fixture(scope="module")
-def pages(prepared_sample, tmp_path_factory):
+def pages(ray_local, prepared_sample, tmp_path_factory):
     """The sample dump's clean pages in three Parquet shards, plus a fourth whose pages have no text."""
     table = pq.read_table(prepared_sample / "pages").sort_by("id")
     shards = tmp_path_factory.mktemp("embed") / "shards"

@@ -12,7 +12,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModel
 
 from bg2vec import Bg2Vec
-from bg2vec.data.tokenization import train_bpe_tokenizer
+from bg2vec.data.tokens.tokenization import train_bpe_tokenizer
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling import make_bidirectional, pool
 from bg2vec.modeling.dropout import set_dropout

@@ -14,7 +14,7 @@ import pytest
 from bg2vec.errors import Bg2VecError
 from bg2vec.evaluation.sources import OFFICIAL_FILES, RemoteFile, cached_file
 from bg2vec.evaluation.tasks import TaskSources, TaskSpec, load_task
-from bg2vec.ray_utils import free_port
+from bg2vec.ray_session import free_port
 
 
 def published_path(path: str) -> str:
@@ -22,7 +22,7 @@ def published_path(path: str) -> str:
 
 
 def leftovers(folder):
-    """Files other than download locks (the lock files of bg2vec.data.download stay, empty)."""
+    """Files other than download locks (the lock files of bg2vec.data.dumps.download stay, empty)."""
     return [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
 
 

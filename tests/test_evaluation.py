@@ -10,7 +10,7 @@ import pytest
 
 from bg2vec import Bg2Vec
 from bg2vec.config import from_dict, load_config
-from bg2vec.data.tokenization import train_bpe_tokenizer
+from bg2vec.data.tokens.tokenization import train_bpe_tokenizer
 from bg2vec.errors import Bg2VecError
 from bg2vec.evaluation import metrics
 from bg2vec.evaluation.config import EvaluateConfig

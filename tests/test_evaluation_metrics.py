@@ -80,8 +80,8 @@ def test_clustering_recovers_clusters_and_not_noise():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(5), 30)
     separated = np.eye(5)[labels] * 20 + rng.normal(size=(150, 5))
-    assert metrics.clustering(separated, labels)["v_measure"] == pytest.approx(1.0)
-    assert metrics.clustering(rng.normal(size=(150, 5)), labels)["v_measure"] < 0.2
+    assert metrics.clustering(separated, labels, max_documents_per_cluster=1024)["v_measure"] == pytest.approx(1.0)
+    assert metrics.clustering(rng.normal(size=(150, 5)), labels, max_documents_per_cluster=1024)["v_measure"] < 0.2
 
 
 def test_retrieval_equals_pytrec_eval():
@@ -113,33 +113,82 @@ def sib200(shared_dir):
 def test_classification_equals_mteb_on_the_same_embeddings(sib200):
     """mteb 2's own evaluators on a local task (SIB-200 Bulgarian, read from ../shared) with a
     deterministic character-trigram encoder: our numbers equal MTEB's."""
-    import mteb
-    from datasets import Dataset, DatasetDict
     from mteb.abstasks import AbsTaskClassification
     from mteb.mocks.mock_tasks.classification import general_args
-
-    from bg2vec.evaluation.mteb_adapter import run_mteb
 
     labels = sorted({r["category"] for r in sib200["train"]})
     split = {s: {"text": [r["text"] for r in rows], "label": [labels.index(r["category"]) for r in rows]}
              for s, rows in sib200.items()}
-
-    class LocalSIB200(AbsTaskClassification):
-        metadata = mteb.TaskMetadata(type="Classification", name="LocalSIB200", main_score="accuracy",
-                                     **general_args)
-
-        def load_data(self, num_proc=None, **kwargs):
-            self.dataset = DatasetDict({"train": Dataset.from_dict(split["train"]),
-                                        "test": Dataset.from_dict(split["test"])})
-            self.data_loaded = True
-
+    task = _local_mteb_task(AbsTaskClassification, "Classification", "accuracy", general_args,
+                            {"train": split["train"], "test": split["test"]})
     encoder = TrigramEncoder()
-    theirs = run_mteb(encoder, "trigram", tasks=[LocalSIB200()])["LocalSIB200"]
+    theirs = _run_mteb(encoder, task)
     train = encoder.encode(split["train"]["text"])
     ours = metrics.classification(lambda idx: train[idx], split["train"]["label"],
                                   encoder.encode(split["test"]["text"]), split["test"]["label"])
     assert ours["accuracy"] == pytest.approx(theirs["accuracy"], abs=1e-9)
     assert ours["f1"] == pytest.approx(theirs["f1"], abs=1e-9)
+
+
+def test_clustering_equals_mteb_on_the_same_embeddings(sib200):
+    """mteb 2's fast clustering (AbsTaskClustering set up as SIB200ClusteringS2S: train + dev + test, every
+    document embedded) on the same trigram embeddings: the same V-measures. 3 repetitions of 2,048 draws
+    (MTEB's defaults: 10 of 16,384) keep it fast; 2,048 > 1,004 documents: draws with replacement beyond
+    the corpus size, as MTEB does."""
+    from mteb.abstasks import AbsTaskClustering
+    from mteb.mocks.mock_tasks.clustering import general_args
+
+    rows = sib200["train"] + sib200["dev"] + sib200["test"]
+    texts, labels = [r["text"] for r in rows], [r["category"] for r in rows]
+    task = _local_mteb_task(AbsTaskClustering, "Clustering", "v_measure", general_args,
+                            {"test": {"sentences": texts, "labels": labels}},
+                            n_clusters=3, max_documents_per_cluster=2048, k_mean_batch_size=512,
+                            max_document_to_embed=len(rows), max_fraction_of_documents_to_embed=None)
+    encoder = TrigramEncoder()
+    theirs = _run_mteb(encoder, task)
+    ours = metrics.clustering(encoder.encode(texts), labels, n_repetitions=3, max_documents_per_cluster=2048,
+                              batch_size=512, seed=42)
+    assert ours["v_measure"] == pytest.approx(theirs["v_measure"], abs=1e-9)
+    assert ours["v_measure_std"] == pytest.approx(theirs["v_measure_std"], abs=1e-9)
+
+
+def test_bitext_mining_equals_mteb_on_the_same_embeddings(sib200):
+    """mteb 2's BitextMiningEvaluator on parallel sentences: each SIB-200 sentence and its every fourth word
+    (a lossy "translation" that the trigram encoder sometimes mines wrong), the same trigram embeddings."""
+    from mteb.abstasks import AbsTaskBitextMining
+    from mteb.mocks.mock_tasks.bitext_mining import general_args
+
+    source = [r["text"] for rows in sib200.values() for r in rows]
+    target = [" ".join(text.split()[::4]) for text in source]
+    task = _local_mteb_task(AbsTaskBitextMining, "BitextMining", "f1", general_args,
+                            {"test": {"sentence1": source, "sentence2": target}})
+    encoder = TrigramEncoder()
+    theirs = _run_mteb(encoder, task)
+    ours = metrics.bitext_mining(encoder.encode(source), encoder.encode(target))
+    assert 0.5 < ours["accuracy"] < 1  # some sentences mined wrong: weighted precision, recall and F1 all differ
+    for key in ("accuracy", "precision", "recall", "f1"):
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-9)
+
+
+def _local_mteb_task(base, task_type: str, main_score: str, general_args: dict, splits: dict, **settings):
+    """An instance of mteb 2's ``base`` task type over ``splits`` ({split: {column: values}}) instead of a
+    Hub download, with the metadata of mteb's own mock tasks, ``settings`` as class attributes, seed 42."""
+    import mteb
+    from datasets import Dataset, DatasetDict
+
+    def load_data(self, num_proc=None, **kwargs):
+        self.dataset = DatasetDict({name: Dataset.from_dict(columns) for name, columns in splits.items()})
+        self.data_loaded = True
+
+    name = f"LocalSIB200{task_type}"
+    metadata = mteb.TaskMetadata(type=task_type, name=name, main_score=main_score, **general_args)
+    return type(name, (base,), {"metadata": metadata, "load_data": load_data, **settings})(seed=42)
+
+
+def _run_mteb(encoder, task) -> dict:
+    from bg2vec.evaluation.mteb_adapter import run_mteb
+
+    return run_mteb(encoder, "trigram", tasks=[task])[task.metadata.name]
 
 
 class TrigramEncoder:

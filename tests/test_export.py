@@ -4,6 +4,7 @@ in a process that never imports bg2vec, with left and right padding; its model c
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from bg2vec import Bg2Vec
 from bg2vec.config import load_config
-from bg2vec.data.tokenization import train_bpe_tokenizer
+from bg2vec.data.tokens.tokenization import train_bpe_tokenizer
 from bg2vec.errors import Bg2VecError
 from bg2vec.export.config import ExportConfig
 from bg2vec.export.folder import export
@@ -82,8 +83,9 @@ def test_sentence_transformers_gives_bg2vec_s_embeddings_padded_left_and_right(t
 
 @pytest.fixture(scope="module")
 def exported(tokenizer, tmp_path_factory):
+    """The job on an encoder laid out as jobs/pipeline.py writes it (ROOT/simcse, ROOT/eval/results.json)."""
     root = tmp_path_factory.mktemp("exported")
-    trained = write_trained_encoder(root / "trained", tokenizer)
+    trained = write_trained_encoder(root / "simcse", tokenizer)
     results = {"base: causal-mean": {"WikiLeadRetrieval": {"ndcg_at_10": 0.25, "mrr_at_10": 0.2}},
                "MNTP + SimCSE": {"WikiLeadRetrieval": {"ndcg_at_10": 0.3125, "mrr_at_10": 0.3}}}
     (root / "eval").mkdir()
@@ -91,8 +93,8 @@ def exported(tokenizer, tmp_path_factory):
     (root / "eval" / "tasks.json").write_text(json.dumps({"WikiLeadRetrieval": {"type": "retrieval",
                                                                                "main_score": "ndcg_at_10"}}))
     result = subprocess.run([sys.executable, "jobs/export.py", "--config", "configs/tiny/export.yaml",
-                             f"model={trained}", f"output={root / 'st'}", f"results={root / 'eval' / 'results.json'}",
-                             "name=bg2vec-tiny-test"], cwd=REPO, capture_output=True, text=True)
+                             f"model={trained}", f"output={root / 'st'}", "name=bg2vec-tiny-test"],
+                            cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return root, trained, result.stdout
 
@@ -117,7 +119,9 @@ def test_the_folder_is_merged_safetensors_bidirectional_by_config(exported):
 
 
 def test_the_model_card_names_the_base_stages_and_scores(exported):
-    root, _, _ = exported
+    root, _, stdout = exported
+    # no results= (the preset names none): the pipeline's evaluation beside the model
+    assert f"with the pipeline's evaluation beside the model, {root / 'eval' / 'results.json'}" in stdout
     card = (root / "st" / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
     assert header["library_name"] == "sentence-transformers" and header["language"] == ["bg"]
@@ -164,6 +168,39 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(tokenizer, tmp_path
     assert calls[1][1]["folder_path"] == str(tmp_path / "st") and calls[1][1]["repo_id"] == "me/bg2vec-tiny"
     assert summary["hub_url"] == "https://hf.co/me/bg2vec-tiny"
     assert 'SentenceTransformer("me/bg2vec-tiny")' in (tmp_path / "st" / "README.md").read_text()
+
+
+def test_without_an_evaluation_beside_the_model_the_card_has_none(tokenizer, tmp_path, monkeypatch):
+    """A pipeline's stage folder without its eval/: the card has no evaluation and the job says so; a
+    results= that does not exist is an error naming it."""
+    import importlib.util
+
+    import bg2vec.interrupts
+
+    monkeypatch.setattr(bg2vec.interrupts, "stop_on_sigterm", lambda: None)  # pytest keeps its SIGTERM
+    spec = importlib.util.spec_from_file_location("export_job", REPO / "jobs" / "export.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    trained = write_trained_encoder(tmp_path / "run" / "simcse", tokenizer)
+    printed = job.main(export_config(trained, tmp_path / "st"))
+    assert "README.md, with no evaluation table (none beside the model; results= names an evaluation's " \
+           "results.json)" in printed
+    card = (tmp_path / "st" / "README.md").read_text()
+    assert "## Evaluation" not in card and "model-index" not in yaml.safe_load(card.split("---")[1])
+    missing = tmp_path / "run" / "eval" / "results.json"
+    with pytest.raises(Bg2VecError, match="^" + re.escape(f"results={missing}: no such file; pass an evaluation's")):
+        export(export_config(trained, tmp_path / "st2", f"results={missing}"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "st"]
+
+
+def test_without_sentence_transformers_the_export_stops_before_writing(tokenizer, tmp_path, monkeypatch):
+    """The check is never skipped: a missing sentence-transformers is a clear error before the merge."""
+    trained = write_trained_encoder(tmp_path / "trained", tokenizer)
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # `import sentence_transformers` fails
+    with pytest.raises(Bg2VecError, match="checks the folder it writes with sentence-transformers, which cannot be "
+                                          "imported .*; pip install sentence-transformers"):
+        export(export_config(trained, tmp_path / "st"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trained"]  # no folder, no staging folder
 
 
 def test_bad_inputs_are_named_and_leave_no_folder(tokenizer, tmp_path):

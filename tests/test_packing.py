@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from bg2vec.data.packing import BlockPacker, blocks_to_arrow, with_special_tokens
 from bg2vec.data.splits import split_of
+from bg2vec.data.tokens.packing import BlockPacker, blocks_to_arrow, with_special_tokens
 
 
 def test_packer_carries_the_remainder_across_batches():

@@ -38,7 +38,7 @@ def pairs_of(output: Path, split: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def mined(prepared_sample, tmp_path_factory, monkeypatch_module):
+def mined(ray_local, prepared_sample, tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("pairs")
     user = root / "user.jsonl"
     user.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in USER + USER[:1]), encoding="utf-8")

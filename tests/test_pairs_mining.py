@@ -13,7 +13,7 @@ from test_wikitext import _articles
 
 from bg2vec.config import load_config
 from bg2vec.data.config import CleaningConfig
-from bg2vec.data.wikitext import WikitextCleaner
+from bg2vec.data.text.wikitext import WikitextCleaner
 from bg2vec.errors import Bg2VecError, ConfigError
 from bg2vec.pairs.config import PairsConfig
 from bg2vec.pairs.mining import (

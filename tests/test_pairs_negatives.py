@@ -4,8 +4,13 @@ the pairs files rewritten per split with made-up vectors, and the whole run with
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -267,35 +272,25 @@ def test_mining_again_changes_nothing(tmp_path, fake_embedding):
 
 
 @pytest.mark.slow
-def test_mining_with_a_tiny_encoder_resumes_and_matches_bg2vec_encode(ray_local, sample_encoder, tmp_path,
-                                                                      monkeypatch, capsys):
-    """The real embedding (Ray Data actor pool, faiss flat index): interrupted after the embeddings, with the
-    pool's last shard lost, a second call resumes from the other shards; the negatives are those of
-    Bg2Vec.encode's vectors ranked by numpy."""
+def test_mining_with_a_tiny_encoder_resumes_and_matches_bg2vec_encode(sample_encoder, tmp_path):
+    """The real embedding (Ray Data actor pool, faiss flat index) in a process of its own, as jobs/pairs.py
+    runs it (tests/interrupted_negatives.py): interrupted after the embeddings, with the pool's last shard
+    lost, a second call resumes from the other shards; the negatives are those of Bg2Vec.encode's vectors
+    ranked by numpy."""
+    from interrupted_negatives import SETTINGS as settings
+
     from bg2vec import Bg2Vec
 
     out = tmp_path / "pairs-dir"
     made_up_pairs(out)
     shutil.rmtree(out / "pairs" / "validation")  # the splits are apart (above): one is enough here
-    monkeypatch.setattr(mining, "SHARD_ROWS", 8)  # the pool in 3 shards
-    # a random tiny encoder's vectors are all alike: the filters against near-duplicates would leave nothing
-    settings = NegativesSettings(per_pair=2, rank_window=[2, 12], batch_size=8, max_similarity_to_positive=None,
-                                 positive_margin=None)
-
-    def interrupted(*args):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(mining, "write_split", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            mine_negatives(str(out), str(sample_encoder), settings)
-    (pool_dir,) = (out / "negatives_work" / "train").glob("pool-*")
-    (pool_dir / "embedding" / "manifest.json").unlink()
-    shutil.rmtree(pool_dir / "embedding" / "index")
-    (pool_dir / "embedding" / "vectors" / "part-00002.parquet").unlink()
-    capsys.readouterr()
-    entry = mine_negatives(str(out), str(sample_encoder), settings)
-    assert "3 shard(s), 2 finished earlier, 1 to do" in capsys.readouterr().out
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "interrupted_negatives.py"), str(out),
+                           str(sample_encoder)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    again = done.stdout.split("--- mined again", 1)[1]
+    assert "3 shard(s), 2 finished earlier, 1 to do" in again
+    entry = json.loads(again.strip().splitlines()[-1])
     assert entry["pairs_with_negatives"] == {"train": 22, "validation": 0}
     assert entry["pairs_short"] == {"train": 0, "validation": 0}
     assert not (out / "negatives_work").exists()

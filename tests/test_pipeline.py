@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from bg2vec.config import load_config, to_dict
 from bg2vec.data.config import PrepareConfig
-from bg2vec.data.multistream import split_pages, write_multistream
+from bg2vec.data.dumps.multistream import split_pages, write_multistream
 from bg2vec.data.pipeline import load_manifest, prepare
 from bg2vec.data.splits import split_of
 from bg2vec.errors import Bg2VecError, DumpError

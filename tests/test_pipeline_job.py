@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bg2vec.errors import Bg2VecError, ConfigError
-from bg2vec.ray_utils import free_port
+from bg2vec.ray_session import free_port
 from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("pipeline_job", REPO / "jobs" / "pipeline.py")

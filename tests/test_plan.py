@@ -310,27 +310,32 @@ def test_small_micro_batches_under_zero3_are_host_bound():
 
 
 def test_auto_zero_stage_replicates_the_base_only_where_it_fits():
-    # the 7B preset on 8 H100s: 13.6 GiB of bf16 weights per GPU fit easily, so ZeRO-2 and no host-bound warning
+    # the 7B preset on 8 H100s: 13.6 GiB of bf16 weights per GPU fit easily, so plain data parallelism (ZeRO-0)
+    # and no host-bound warning
     auto = plan(PlanConfig(model="bggpt-7b", gpu="H100-80GB", gpus_per_node=8))
-    assert auto.config.zero_stage == 2 and auto.warnings == []
+    assert auto.config.zero_stage == 0 and auto.warnings == []
     assert auto.zero_choice == (f"the replicated weights fit ({auto.memory.total / GIB:.1f} of "
-                                f"{auto.gpu.memory_gib:.1f} GiB), so no per-layer gathers")
-    assert auto.memory == memory(PlanConfig(model="bggpt-7b", gpu="H100-80GB", gpus_per_node=8, zero_stage=2),
+                                f"{auto.gpu.memory_gib:.1f} GiB), so plain data parallelism: nothing sharded, no "
+                                f"ZeRO hooks")
+    assert auto.memory == memory(PlanConfig(model="bggpt-7b", gpu="H100-80GB", gpus_per_node=8, zero_stage=0),
                                  PRESETS["bggpt-7b"])
-    assert "ZeRO-2 (auto: the replicated weights fit" in render(auto)
+    assert "ZeRO-0 (auto: the replicated weights fit" in render(auto)
     # Gemma-2-9B on 24 GB GPUs: 17.2 GiB of weights + 2 GiB overhead + activations exceed 85% of 24 GiB
     gemma = plan(PlanConfig(model="bggpt-gemma2-9b", gpu="A10G-24GB", gpus_per_node=8, attn_implementation="eager",
                             micro_batch_size=1))
     assert gemma.config.zero_stage == 3 and gemma.zero_choice.startswith("replicated, the weights would not fit")
     assert gemma.fits
-    # the threshold: ZeRO-2 up to 85% of the memory, ZeRO-3 one byte beyond
-    cfg = PlanConfig(model="bggpt-7b", gpus_per_node=8)
-    need = memory(PlanConfig(model="bggpt-7b", gpus_per_node=8, zero_stage=2), PRESETS["bggpt-7b"]).total
-    assert choose_zero_stage(cfg, PRESETS["bggpt-7b"], math.ceil(need / 0.85))[0] == 2
-    assert choose_zero_stage(cfg, PRESETS["bggpt-7b"], math.floor(need / 0.85) - 1)[0] == 3
+    # the thresholds, at 85% of the memory: ZeRO-0 while the replicated run fits, ZeRO-2 while it fits with the
+    # adapters' gradients and Adam states sharded (a rank-512 LoRA makes them weigh), ZeRO-3 one byte beyond
+    cfg = PlanConfig(model="bggpt-7b", gpus_per_node=8, lora_rank=512)
+    plain, sharded = (memory(dataclasses.replace(cfg, zero_stage=s), PRESETS["bggpt-7b"]).total for s in (0, 2))
+    assert plain - sharded > GIB
+    assert choose_zero_stage(cfg, PRESETS["bggpt-7b"], math.ceil(plain / 0.85))[0] == 0
+    assert choose_zero_stage(cfg, PRESETS["bggpt-7b"], math.floor(plain / 0.85) - 1)[0] == 2
+    assert choose_zero_stage(cfg, PRESETS["bggpt-7b"], math.ceil(sharded / 0.85))[0] == 2
+    assert choose_zero_stage(cfg, PRESETS["bggpt-7b"], math.floor(sharded / 0.85) - 1)[0] == 3
     # a stage given is kept
     assert plan(PlanConfig(model="bggpt-7b", gpu="H100-80GB", zero_stage=3)).zero_choice is None
-
 
 def test_other_warnings():
     odd = plan(PlanConfig(global_batch_size=30, gpus_per_node=8, micro_batch_size=2))
@@ -377,7 +382,7 @@ def test_plan_job_end_to_end():
     done = _job("--config", "configs/bggpt-7b/plan.yaml")
     assert done.returncode == 0, done.stderr
     for expected in ("memory per GPU", "frozen base weights", "activations", "A100-80GB memory: fits",
-                     "ZeRO-2 (auto: the replicated weights fit", "estimate_zero2_model_states_mem_needs",
+                     "ZeRO-0 (auto: the replicated weights fit", "ZeRO-1/2 and ZeRO-3 only",
                      "tokens/s per GPU", "wall time"):
         assert expected in done.stdout
     assert "real_accelerator" not in done.stdout + done.stderr  # DeepSpeed's accelerator probe is named, not warned

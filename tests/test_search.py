@@ -19,7 +19,7 @@ from sentence_transformers.util.quantization import _dequantize_embeddings, quan
 
 from bg2vec import Bg2Vec
 from bg2vec.config import load_config
-from bg2vec.data.tokenization import train_bpe_tokenizer
+from bg2vec.data.tokens.tokenization import train_bpe_tokenizer
 from bg2vec.embedding.config import EmbedConfig, IndexConfig, SearchConfig
 from bg2vec.embedding.index import SearchIndex, build_index
 from bg2vec.embedding.pipeline import embed
@@ -182,7 +182,12 @@ def embedded(prepared_sample, sample_encoder, tmp_path_factory):
         pq.write_table(pages.take(part), root / "corpus" / f"pages-{i}.parquet")
     overrides = [f"model={sample_encoder}", f"input={root / 'corpus'}", "passage_tokens=40", "overlap_tokens=8",
                  "batch_size=8", "progress=false"]
-    embed(load_config(EmbedConfig, str(REPO / "configs/tiny/embed.yaml"), [*overrides, f"output={root / 'out'}"]))
+    # the job in a process of its own, as users run it (an in-process Ray Data actor pool late in a long test
+    # session once never came up)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "jobs/embed.py", "--config", "configs/tiny/embed.yaml", *overrides,
+                           f"output={root / 'out'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root / "out", pages, overrides
 
 

@@ -28,7 +28,7 @@ from transformers import AutoTokenizer
 from bg2vec import Bg2Vec
 from bg2vec.config import load_config
 from bg2vec.errors import ConfigError
-from bg2vec.ray_utils import free_port
+from bg2vec.ray_session import free_port
 from bg2vec.serving.app import application
 from bg2vec.serving.config import ServeConfig
 from conftest import REPO, write_trained_encoder
@@ -92,12 +92,13 @@ def encoder(encoder_dir):
 
 
 class Job:
-    """jobs/serve.py as a subprocess, its stdout lines collected by a thread."""
+    """jobs/serve.py as a subprocess (its own local Ray), its stdout lines collected by a thread."""
 
     def __init__(self, *args: str, env: dict | None = None):
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "jobs" / "serve.py"), "--config", str(REPO / "configs/tiny/serve.yaml"), *args],
-            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **(env or {})})
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(line.rstrip("\n")) for line in self.process.stdout],
                          daemon=True).start()
@@ -114,30 +115,25 @@ class Job:
 
 
 @pytest.fixture(scope="module")
-def servers(ray_local, encoder_dir):
-    """Two servers, started at once: jobs/serve.py (its own local Ray; over-long inputs truncated; the key
-    from an environment variable; batches of up to 8 inputs) and, on the tests' Ray, "strict" at /strict
-    (over-long inputs refused, at most 4 inputs per request, bodies up to 4 KiB, inputs up to 1,000 characters,
-    the key in its config)."""
-    from ray import serve
-
-    from bg2vec.serving.launch import deploy
-
+def servers(encoder_dir):
+    """Two jobs/serve.py servers, started at once, each on its own local Ray as users start them: the default
+    one (over-long inputs truncated; the key from an environment variable; batches of up to 8 inputs) and
+    "strict" at /strict (over-long inputs refused, at most 4 inputs per request, bodies up to 4 KiB, inputs up
+    to 1,000 characters, the key in its config)."""
     job_port, port = free_port(), free_port()
     job = Job(f"model={encoder_dir}", f"port={job_port}", "cpus_per_replica=0.5", "max_batch_size=8",
               "batch_wait_timeout_s=0.2", "api_key_env=SERVE_TEST_KEY", env={"SERVE_TEST_KEY": KEY})
+    strict = Job(f"model={encoder_dir}", f"port={port}", "cpus_per_replica=0.5", "served_name=strict",
+                 "route_prefix=/strict", "overlong_policy=error", "max_inputs_per_request=4", "max_request_bytes=4096",
+                 "max_input_chars=1000", f"api_key={KEY}")
     try:
-        strict = deploy(config(f"model={encoder_dir}", f"port={port}", "cpus_per_replica=0.5", "served_name=strict",
-                               "route_prefix=/strict", "overlong_policy=error", "max_inputs_per_request=4",
-                               "max_request_bytes=4096", "max_input_chars=1000", f"api_key={KEY}"))
-        assert strict == f"http://127.0.0.1:{port}/strict/v1"
+        assert f"http://127.0.0.1:{port}/strict/v1 " in strict.wait_for("serving ")
         job.wait_for("serving ")
-        yield {"job": job, "job_url": f"http://127.0.0.1:{job_port}/v1", "strict": strict}
+        yield {"job": job, "job_url": f"http://127.0.0.1:{job_port}/v1", "strict": f"http://127.0.0.1:{port}/strict/v1"}
     finally:
-        if job.process.poll() is None:
-            job.process.kill()
-        serve.shutdown()
-
+        for server in (job, strict):
+            if server.process.poll() is None:
+                server.process.kill()
 
 def http(method: str, url: str, body: object = None, key: str | None = None) -> tuple[int, dict]:
     """(status, decoded JSON body) of one plain HTTP request; a str or bytes body is sent as it is."""

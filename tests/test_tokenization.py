@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from bg2vec.data.stages import TokenizeDocs
-from bg2vec.data.tokenization import load_tokenizer, train_bpe_tokenizer
+from bg2vec.data.tokens.tokenization import load_tokenizer, train_bpe_tokenizer
 from bg2vec.errors import Bg2VecError
 
 TEXTS = ["София е столицата на България.", "Рила е най-високата планина на Балканите.",

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from unittest import mock
 
@@ -182,14 +183,44 @@ def test_auto_zero_stage_on_the_workers_uses_the_planner_and_the_device_memory(m
     assert (planned.stage, planned.seq_len, planned.micro_batch, planned.mask_ratio, planned.gpus) == \
         ("mntp", 128, 4, 0.3, 2)
     assert (planned.dtype, planned.lora_rank, planned.overhead_gib) == ("fp32", cfg.lora.r, 0.0)
-    need = memory(dataclasses.replace(planned, zero_stage=2), architecture_of(config)).total
-    monkeypatch.setattr(zero_stage, "device_capacity", lambda *a: int(need / 0.85) + 1)
+    plain, sharded = (memory(dataclasses.replace(planned, zero_stage=s), architecture_of(config)).total for s in (0, 2))
+    assert sharded < plain  # ZeRO-2 shards the adapters' gradients and Adam states over the 2 ranks
+    monkeypatch.setattr(zero_stage, "device_capacity", lambda *a: int(plain / 0.85) + 1)
     stage, why = resolve_zero_stage(cfg, config, **kwargs)
-    assert stage == 2 and why.startswith("zero_stage auto -> ZeRO-2: the replicated weights fit")
-    monkeypatch.setattr(zero_stage, "device_capacity", lambda *a: int(need / 0.85) - 1)
+    assert stage == 0 and why.startswith("zero_stage auto -> ZeRO-0: the replicated weights fit")
+    monkeypatch.setattr(zero_stage, "device_capacity", lambda *a: int(plain / 0.85) - 1)
+    stage, why = resolve_zero_stage(cfg, config, **kwargs)
+    assert stage == 2 and "once the adapters' gradients and Adam states are sharded" in why
+    monkeypatch.setattr(zero_stage, "device_capacity", lambda *a: int(sharded / 0.85) - 1)
     assert resolve_zero_stage(cfg, config, **kwargs)[0] == 3
     # the host's memory shared by the node's ranks on CPU; a given stage is kept
     monkeypatch.undo()
     assert zero_stage.device_capacity(False, torch.device("cpu"), 2) == \
         os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     assert resolve_zero_stage(dataclasses.replace(cfg, zero_stage=3), config, **kwargs) == (3, "ZeRO-3 as configured")
+
+
+def test_the_user_s_data_context_reaches_the_training_shards(ray_local):
+    """Ray Train's ingest options come from the driver's DataContext (no options of ours replace them):
+    a user's resource limit and preserve_order reach the datasets the workers read."""
+    import ray.data
+    from ray.data import DataContext, ExecutionOptions, ExecutionResources
+
+    from bg2vec.training.launch import ingest_config
+
+    context = DataContext.get_current()
+    saved = context.execution_options
+    context.execution_options = ExecutionOptions(resource_limits=ExecutionResources(cpu=1), preserve_order=True)
+    try:
+        shards = ingest_config().configure({"train": ray.data.range(8), "dev": ray.data.range(4)}, world_size=2,
+                                           worker_handles=None, worker_node_ids=None)
+    finally:
+        context.execution_options = saved
+    assert [sorted(shards) for shards in shards] == [["dev", "train"]] * 2
+    for worker in shards:
+        options = worker["dev"]._base_dataset.context.execution_options  # dev: the whole set on every worker
+        assert options.preserve_order and options.resource_limits.cpu == 1
+        assert [row["id"] for row in worker["dev"].iter_rows()] == [0, 1, 2, 3]
+    with ThreadPoolExecutor(2) as pool:  # the split shards are read together, as the workers do
+        train = list(pool.map(lambda worker: [row["id"] for row in worker["train"].iter_rows()], shards))
+    assert sorted(train[0] + train[1]) == list(range(8)) and len(train[0]) == 4

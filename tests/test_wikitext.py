@@ -7,10 +7,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from bg2vec.data import markup_spans
 from bg2vec.data.config import CleaningConfig
-from bg2vec.data.residue import residue_counts, residue_rate
-from bg2vec.data.wikitext import WikitextCleaner
+from bg2vec.data.text import markup_spans
+from bg2vec.data.text.residue import residue_counts, residue_rate
+from bg2vec.data.text.wikitext import WikitextCleaner
 from conftest import SAMPLE_DUMP
 
 BG_NAMESPACES = {-2: "Медия", 6: "Файл", 14: "Категория"}

@@ -39,17 +39,17 @@ import bg2vec
 from bg2vec import storage
 from bg2vec.config import to_dict
 from bg2vec.data.config import PrepareConfig
-from bg2vec.data.dump_datasource import WikipediaDumpDatasource
-from bg2vec.data.dump_ranges import plan_ranges, read_multistream_index
-from bg2vec.data.dump_reader import read_siteinfo
+from bg2vec.data.dumps.dump_datasource import WikipediaDumpDatasource
+from bg2vec.data.dumps.dump_ranges import plan_ranges, read_multistream_index
+from bg2vec.data.dumps.dump_reader import read_siteinfo
+from bg2vec.data.dumps.sources import resolve_dump
 from bg2vec.data.output_dir import PreparedDir, read_manifest
 from bg2vec.data.parquet_source import ParquetFilesDatasource
 from bg2vec.data.sinks import DOCS_MIN_ROWS_PER_SHARD, PAGES_MIN_ROWS_PER_FILE, SPLITS, BlocksDatasink, PagesDatasink
-from bg2vec.data.sources import resolve_dump
 from bg2vec.data.stages import clean_pages, tokenize_docs
-from bg2vec.data.tokenization import load_tokenizer, train_bpe_tokenizer
-from bg2vec.errors import DumpError
-from bg2vec.ray_utils import init_ray, reraise_user_error
+from bg2vec.data.tokens.tokenization import load_tokenizer, train_bpe_tokenizer
+from bg2vec.errors import DumpError, reraise_user_error
+from bg2vec.ray_session import init_ray
 
 log = logging.getLogger(__name__)
 

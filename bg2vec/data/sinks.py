@@ -19,7 +19,7 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from bg2vec import storage
-from bg2vec.data.packing import BlockPacker, blocks_to_arrow
+from bg2vec.data.tokens.packing import BlockPacker, blocks_to_arrow
 
 SPLITS = ("train", "validation")
 PAGE_COLUMNS = ("id", "title", "text", "split", "revision_id", "categories", "sections")

@@ -13,9 +13,9 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from bg2vec.data.config import CleaningConfig
-from bg2vec.data.packing import with_special_tokens
 from bg2vec.data.splits import split_of
-from bg2vec.data.wikitext import WikitextCleaner
+from bg2vec.data.text.wikitext import WikitextCleaner
+from bg2vec.data.tokens.packing import with_special_tokens
 
 SECTIONS_TYPE = pa.list_(pa.struct([("heading_path", pa.list_(pa.string())), ("text", pa.string())]))
 CLEAN_SCHEMA = pa.schema([("id", pa.int64()), ("title", pa.string()), ("text", pa.string()),

@@ -214,7 +214,8 @@ def _run(cfg: EmbedConfig, model: str, input_fs: pafs.FileSystem, todo: list[Sha
 
     from bg2vec.embedding.encoder_actor import PassageEncoder
     from bg2vec.embedding.passages import split_passages
-    from bg2vec.ray_utils import init_ray, map_with_actor_pool, reraise_user_error
+    from bg2vec.errors import reraise_user_error
+    from bg2vec.ray_session import init_ray, map_with_actor_pool
 
     init_ray(cfg.ray_address)
     context = DataContext.get_current()

@@ -30,8 +30,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from bg2vec.data.checksums import file_digest
-from bg2vec.data.download import fetch
+from bg2vec.data.dumps.checksums import file_digest
+from bg2vec.data.dumps.download import fetch
 from bg2vec.errors import Bg2VecError, DownloadError
 
 _SIB200 = "https://raw.githubusercontent.com/dadelani/sib-200/593cea88519930f776c1a4a1980b6a35b39dca57/data/annotated/bul_Cyrl"

@@ -69,6 +69,9 @@ class TaskSpec:
     """classification/clustering: repetitions averaged (MTEB: 10)."""
     samples_per_label: int = 8
     """classification: training examples drawn per label in each experiment (MTEB: 8)."""
+    max_documents_per_cluster: int = 16_384
+    """clustering: documents drawn (with replacement) for each repetition (MTEB: 16,384, however few
+    documents the task has); a smaller number clusters a small corpus faster, with a noisier score."""
     exams_split: Literal["eval", "pretrain", "all"] = "eval"
     """retrieval from an EXAMS file: which questions (a stable hash split, see bg2vec.evaluation.exams)."""
     seed: int = 42
@@ -149,8 +152,9 @@ def _from_corpus(spec: TaskSpec, data: str | None) -> Task:
     built = corpus_tasks.labelled(pages, spec.corpus, spec.name, split_half=spec.type == "classification")
     labels = built.labels
     if spec.type == "clustering":
-        return Task(spec, built.texts, lambda e: metrics.clustering(e, labels, n_repetitions=spec.n_experiments,
-                                                                     seed=spec.seed), built.note)
+        return Task(spec, built.texts, lambda e: metrics.clustering(
+            e, labels, n_repetitions=spec.n_experiments, max_documents_per_cluster=spec.max_documents_per_cluster,
+            seed=spec.seed), built.note)
     k = built.n_train
 
     def score(embeddings: np.ndarray) -> dict:
@@ -186,8 +190,9 @@ def _classification(spec: TaskSpec, files: dict) -> Task:
 def _clustering(spec: TaskSpec, files: dict) -> Task:
     (test_files,) = _need(spec, files, "test")
     texts, labels = _columns(test_files, (spec.text_column, spec.label_column), spec.name)
-    return Task(spec, texts, lambda e: metrics.clustering(e, labels, n_repetitions=spec.n_experiments,
-                                                          seed=spec.seed))
+    return Task(spec, texts, lambda e: metrics.clustering(
+        e, labels, n_repetitions=spec.n_experiments, max_documents_per_cluster=spec.max_documents_per_cluster,
+        seed=spec.seed))
 
 
 def _retrieval(spec: TaskSpec, files: dict) -> Task:

@@ -27,8 +27,9 @@ class ExportConfig:
     document_prompt: str | None = None
     """Instruction prepended to documents (``encode_document``); empty: none."""
     results: str | None = None
-    """An evaluation's results.json (jobs/evaluate.py) for the card's table and model-index; empty:
-    the card has no evaluation."""
+    """An evaluation's results.json (jobs/evaluate.py) for the card's table and model-index; empty: the
+    pipeline's evaluation when the model is one of its stages (DIR/eval/results.json for model=DIR/contrastive,
+    DIR/simcse or DIR/mntp, as jobs/pipeline.py writes them) and it is there, else the card has no evaluation."""
     results_name: str | None = None
     """The row of results.json that is this encoder; empty: the one named after its stages
     (e.g. "MNTP + SimCSE")."""

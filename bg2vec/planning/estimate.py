@@ -80,7 +80,7 @@ REFERENCE = "the original BgGPT-7B MNTP run did about 2,700 tokens/s on one A100
 # layers, DeepSpeed 0.19.8): 835 and 972 ms per micro-batch of 4 and 8 blocks, where the GPU work
 # alone took 405 and 526 ms. Below it the GPU waits for the host.
 ZERO3_HOST_SECONDS_PER_LAYER = 0.028
-AUTO_ZERO_HEADROOM = 0.85  # zero_stage auto keeps ZeRO-2 only below this share of the memory (allocator spikes)
+AUTO_ZERO_HEADROOM = 0.85  # zero_stage auto replicates the base only below this share of the memory (allocator spikes)
 
 
 @dataclass
@@ -110,8 +110,8 @@ class PlanConfig:
     lora_dropout: float = 0.05
     """LoRA's input dropout: above 0 every adapted projection keeps its dropped-out input and mask."""
     zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
-    """DeepSpeed ZeRO stage: 1 shards Adam states, 2 also gradients, 3 also the (frozen) weights; auto:
-    ZeRO-2 where the replicated weights fit the GPU, else ZeRO-3 (:func:`choose_zero_stage`)."""
+    """DeepSpeed ZeRO stage: 0 plain data parallelism, 1 shards Adam states, 2 also gradients, 3 also the
+    (frozen) weights; auto: the least sharding that fits the GPU (:func:`choose_zero_stage`)."""
     gradient_checkpointing: bool = True
     """Keep only each layer's input and recompute the layer in the backward pass."""
     dtype: Literal["bf16", "fp32"] = "bf16"
@@ -277,15 +277,24 @@ def _capacity(cfg: PlanConfig) -> int:
 
 
 def choose_zero_stage(cfg: PlanConfig, arch: Architecture, capacity_bytes: int) -> tuple[int, str]:
-    """``zero_stage: auto``: (stage, why). ZeRO-2 when every rank can hold the whole frozen base: under
-    LoRA what ZeRO-2 shards (the adapters' gradients and Adam states) is small anyway, and no layer is
-    gathered before it runs (bench/gpu_mntp.py on an H100, BgGPT-7B at micro-batch 4: 0.76x a plain
-    loop, against ZeRO-3's 0.49x). ZeRO-3 when the replicated weights would not fit: then the only way."""
-    replicated = memory(dataclasses.replace(cfg, zero_stage=2), arch).total
+    """``zero_stage: auto``: (stage, why), the least sharding that fits. Plain data parallelism (DeepSpeed
+    stage 0: each rank holds everything and the gradients are all-reduced, no ZeRO hooks) when every rank
+    can hold the whole frozen base: under LoRA what ZeRO-1/2 would shard (the adapters' Adam states and
+    gradients) is a few hundred MB, and no layer is gathered before it runs (bench/gpu_mntp.py on an H100,
+    BgGPT-7B at micro-batch 4: ZeRO-3 ran at 0.49x a plain loop, ZeRO-2 at 0.76x). ZeRO-2 when sharding
+    those states is what makes it fit (a large LoRA rank), ZeRO-3 when the replicated weights would not
+    fit: then the only way."""
+    fits = AUTO_ZERO_HEADROOM * capacity_bytes
+    replicated = memory(dataclasses.replace(cfg, zero_stage=0), arch).total
     share = f"{replicated / GIB:.1f} of {capacity_bytes / GIB:.1f} GiB"
-    if replicated <= AUTO_ZERO_HEADROOM * capacity_bytes:
-        return 2, f"the replicated weights fit ({share}), so no per-layer gathers"
-    return 3, f"replicated, the weights would not fit ({share}), so they are sharded"
+    if replicated <= fits:
+        return 0, f"the replicated weights fit ({share}), so plain data parallelism: nothing sharded, no ZeRO hooks"
+    sharded = memory(dataclasses.replace(cfg, zero_stage=2), arch).total
+    if sharded <= fits:
+        return 2, (f"the replicated weights fit once the adapters' gradients and Adam states are sharded "
+                   f"({sharded / GIB:.1f} of {capacity_bytes / GIB:.1f} GiB), so no per-layer gathers")
+    return 3, (f"replicated, the weights would not fit ({sharded / GIB:.1f} of {capacity_bytes / GIB:.1f} GiB), "
+               f"so they are sharded")
 
 
 # ---- time ------------------------------------------------------------------------------------------
@@ -387,8 +396,8 @@ def _zero3_host_bound(cfg: PlanConfig, arch: Architecture, gpu: GPU, per_token: 
             f"{gpu.name} work, less than the ~{host_seconds:.1f} s of host CPU that ZeRO-3's per-layer gathers take "
             f"for {arch.num_hidden_layers} layers, so the GPUs wait: expect about {gpu_seconds / host_seconds:.0%} "
             f"of the tokens/s above (bench/gpu_mntp.py on an H100: 0.49x a plain loop at micro-batch 4, 0.90x at "
-            f"16). Use fewer GPUs with a larger micro_batch_size, or zero_stage=auto (ZeRO-2 where the base "
-            f"fits: 0.76x at 4)")
+            f"16). Use fewer GPUs with a larger micro_batch_size, or zero_stage=auto (plain data parallelism where "
+            f"the base fits)")
 
 
 def _remedies(cfg: PlanConfig, arch: Architecture) -> list[str]:

@@ -224,7 +224,7 @@ def build(args: dict[str, str]):
     Serve's own settings decide where it listens there (127.0.0.1:8000 unless a Serve config file says
     otherwise; ``--route-prefix``, ``--name``); host, port and route_prefix are jobs/serve.py's."""
     from bg2vec.config import load_config
-    from bg2vec.serving.launch import prepare
+    from bg2vec.serving.prepare import prepare
 
     args = dict(args)
     cfg = load_config(ServeConfig, args.pop("config", None), [f"{k}={v}" for k, v in args.items()])

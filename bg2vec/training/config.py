@@ -158,8 +158,9 @@ class TrainConfig:
     """Seeds the data order, masking, dropout and the tiny model's initialisation."""
     zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
     """DeepSpeed ZeRO stage: 3 shards the (frozen) weights too, 2 only the LoRA gradients and Adam states.
-    auto: ZeRO-2 where every rank can hold the whole base next to its activations (no per-layer gathers,
-    faster at small micro-batches), else ZeRO-3; decided on the workers from the model's config and
+    0 is plain data parallelism. auto: the least sharding that fits: 0 where every rank can hold the whole
+    base next to its activations (no ZeRO hooks or per-layer gathers), ZeRO-2 where sharding the adapters'
+    gradients and Adam states makes it fit, else ZeRO-3; decided on the workers from the model's config and
     the device memory, with the planner's formulas (bg2vec.training.zero_stage)."""
     offload_optimizer: bool = False
     """ZeRO-Offload the optimizer state to CPU memory."""

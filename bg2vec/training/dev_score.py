@@ -6,7 +6,7 @@ bidirectional, mean pooling of the final hidden states), and each first half mus
 half among the second halves of all dev blocks by cosine similarity. The score is the mean reciprocal
 rank of the right half: 1.0 when it always comes first.
 
-It is the objective of the hyperparameter search (``bg2vec.tuning``) because it is comparable across
+It is the objective of the hyperparameter search (``bg2vec.tuning.search``) because it is comparable across
 the settings searched, which the losses are not: a higher MNTP mask ratio makes the masked tokens
 harder to predict and raises the loss, and the SimCSE loss scales with the temperature. This score
 measures the embeddings, the product, with the same task and the same blocks in both stages. Its

@@ -11,14 +11,13 @@ import json
 import os
 from collections.abc import Sequence
 
-from bg2vec._compat import ray_train_ingest_options
 from bg2vec.config import to_dict
 from bg2vec.console import train_log_level, verbose
 from bg2vec.data.output_dir import read_manifest
 from bg2vec.data.pipeline import load_manifest
-from bg2vec.errors import Bg2VecError
+from bg2vec.errors import Bg2VecError, reraise_user_error
 from bg2vec.modeling.encoder import CONFIG_NAME
-from bg2vec.ray_utils import init_ray, reraise_user_error
+from bg2vec.ray_session import init_ray
 from bg2vec.storage import absolute, check_apart, child, exists, is_local, redact, resolve
 from bg2vec.training.config import ContrastiveConfig, MNTPConfig, SimCSEConfig, TrainConfig
 from bg2vec.training.data import (
@@ -97,8 +96,7 @@ def run_stage(cfg: TrainConfig, callbacks: Sequence = ()) -> dict:
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if cfg.scaling.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=resolved, datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "validation"],  # dev: whole, everywhere
-                                            execution_options=ray_train_ingest_options()),
+        dataset_config=ingest_config(),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources,
                                                accelerator_type=cfg.scaling.accelerator_type),
@@ -119,6 +117,15 @@ def run_stage(cfg: TrainConfig, callbacks: Sequence = ()) -> dict:
 
 STAGE_NAMES = {MNTPConfig: "mntp", SimCSEConfig: "simcse", ContrastiveConfig: "contrastive"}
 TRAINED = {"mntp": "MNTP", "simcse": "SimCSE"}
+
+
+def ingest_config():
+    """How Ray Train hands the datasets to the workers: train and validation split between them, dev
+    whole on every worker. The shards' Ray Data options are Ray Train's default, taken from the
+    driver's DataContext, so a user's settings there (resource limits, preserve_order) reach them."""
+    import ray.train
+
+    return ray.train.DataConfig(datasets_to_split=["train", "validation"])
 
 
 def _read_trained(directory: str, stage: str) -> dict:

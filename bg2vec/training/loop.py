@@ -2,12 +2,16 @@
 
 Every setting arrives through ``train_loop_config`` (the stage's typed config as a dict plus what
 the driver resolved: tokenizer, base model, run directory). Each worker streams its own disjoint
-shard of the data, DeepSpeed shards what ``zero_stage`` says (auto: ZeRO-2 where the replicated
+shard of the data, DeepSpeed shards what ``zero_stage`` says (auto: plain data parallelism where the replicated
 model fits, else ZeRO-3), and every ``run.checkpoint_every`` steps all ranks write the DeepSpeed
 checkpoint (adapters, optimizer, scheduler, and the position in the data) into one Ray checkpoint.
-Randomness (masking, dropout, shuffling) is derived from (seed, step, rank), so a resumed run draws
-exactly what the uninterrupted run would have drawn, with no RNG state to carry. What differs
-between the stages (model, batches, loss, dev score) lives in ``bg2vec.training.stages``.
+Randomness (masking, dropout, shuffling) is derived from (seed, step, rank), with no RNG state to
+carry, and a resumed run skips the batches its checkpoint had consumed. With one worker it therefore
+ends with the uninterrupted run's adapter (to float rounding: tests/test_contrastive_stage.py). With
+several, Ray Data's streaming split hands blocks to whichever worker asks first, so which rows a
+worker reads may differ from the uninterrupted run (and a resumed epoch may repeat or miss a few
+rows): the steps and sample counts match, the rows of each step need not. What differs between the
+stages (model, batches, loss, dev score) lives in ``bg2vec.training.stages``.
 """
 
 from __future__ import annotations
@@ -22,15 +26,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bg2vec._compat import (
-    deepspeed_cpu_accelerator,
-    deepspeed_cpu_local_size,
+from bg2vec._compat import deepspeed_cpu_accelerator, deepspeed_cpu_local_size
+from bg2vec.config import from_dict
+from bg2vec.console import quiet_worker
+from bg2vec.console.library_logs import (
     ignore_deepspeed_collective_deprecations,
     library_prints_to_log,
     worker_print,
 )
-from bg2vec.config import from_dict
-from bg2vec.console import quiet_worker
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling.bidirectional import family_of
 from bg2vec.storage import localize

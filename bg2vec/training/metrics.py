@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from bg2vec._compat import worker_print
+from bg2vec.console.library_logs import worker_print
 from bg2vec.errors import Bg2VecError
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bg2vec._compat import bare_model_from_causal_lm, enable_activation_checkpointing, peft_quietly
+from bg2vec._compat import enable_activation_checkpointing
+from bg2vec.console.library_logs import bare_model_from_causal_lm, peft_quietly
 from bg2vec.errors import Bg2VecError
 from bg2vec.modeling import make_bidirectional, packaged
 from bg2vec.modeling.tiny import tiny_config

@@ -1,6 +1,7 @@
 """``zero_stage: auto``, decided on the workers: there the device memory and the world are known.
 
-The rule is the planner's (:func:`bg2vec.planning.estimate.choose_zero_stage`): ZeRO-2 where every
+The rule is the planner's (:func:`bg2vec.planning.estimate.choose_zero_stage`): plain data parallelism
+(ZeRO-0) where every
 rank can hold the whole frozen base next to the run's activations, ZeRO-3 where it cannot. It runs
 before the weights are loaded, from the model's config alone, since ZeRO-3 must shard while loading.
 """

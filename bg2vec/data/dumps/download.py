@@ -1,6 +1,6 @@
 """Resumable, checksum-verified downloads of Wikimedia dump files (standard library only).
 
-The checksums come from :mod:`bg2vec.data.checksums`."""
+The checksums come from :mod:`bg2vec.data.dumps.checksums`."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bg2vec.data.checksums import file_digest, published_checksum, sums_urls
-from bg2vec.data.http_policy import USER_AGENT, pause_before_retry
+from bg2vec.data.dumps.checksums import file_digest, published_checksum, sums_urls
+from bg2vec.data.dumps.http_policy import USER_AGENT, pause_before_retry
 from bg2vec.errors import DownloadError
 
 try:

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bg2vec import storage
-from bg2vec.data import download
-from bg2vec.data.checksums import file_digest
 from bg2vec.data.config import PrepareConfig
-from bg2vec.data.dump_reader import sniff_codec
+from bg2vec.data.dumps import download
+from bg2vec.data.dumps.checksums import file_digest
+from bg2vec.data.dumps.dump_reader import sniff_codec
 from bg2vec.errors import DownloadError, DumpError
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""What a Ray Tune search leaves behind: best.json, trials.md and trials.png (see bg2vec.tuning)."""
+"""What a Ray Tune search leaves behind: best.json, trials.md and trials.png (see bg2vec.tuning.search)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class TrialRecord:
 
 def trial_records(grid, output: str, last_stage: str = "simcse") -> list[TrialRecord]:
     """The trials of a finished Tune run (a ResultGrid) whose trials end with ``last_stage``."""
-    from bg2vec.ray_utils import find_user_error
+    from bg2vec.errors import find_user_error
 
     records = []
     for result in grid:

@@ -42,7 +42,7 @@ from bg2vec.modeling.encoder import CONFIG_NAME
 from bg2vec.storage import absolute, child, exists, redact, resolve
 from bg2vec.training.config import ContrastiveConfig, MNTPConfig, SimCSEConfig
 from bg2vec.training.output import output_state
-from bg2vec.tuning_report import METRIC, TIME_ATTR, trial_records, write_report
+from bg2vec.tuning.report import METRIC, TIME_ATTR, trial_records, write_report
 
 EXPERIMENT = "tune"  # Tune's own experiment directory, under the output
 
@@ -184,7 +184,7 @@ def run_search(cfg: TuneConfig) -> dict:
     from ray.tune.schedulers import ASHAScheduler
 
     from bg2vec.data.pipeline import load_manifest
-    from bg2vec.ray_utils import init_ray
+    from bg2vec.ray_session import init_ray
 
     cfg.output = absolute(cfg.output)  # trials run in directories of their own
     settings = stage_settings(cfg)

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from bg2vec.data.http_policy import USER_AGENT, pause_before_retry
+from bg2vec.data.dumps.http_policy import USER_AGENT, pause_before_retry
 from bg2vec.errors import DownloadError
 
 _HASH_CHUNK = 1 << 20

@@ -9,10 +9,10 @@ Ray's folder is named on the console when it starts.
 
 ``--verbose`` on a job (or ``BG2VEC_VERBOSE=1``) prints everything as the libraries do. Warnings
 and errors reach the console either way: only INFO records and progress bars are kept off it,
-plus a few named notices (bg2vec._compat says which, and why).
+plus a few named notices (bg2vec.console.library_logs says which, and why).
 
 Settings that Ray's workers need travel in the local Ray's ``runtime_env``
-(:func:`local_worker_env`, used by bg2vec.ray_utils.start_local_ray); on a cluster the driver
+(:func:`local_worker_env`, used by bg2vec.ray_session.start_local_ray); on a cluster the driver
 and bg2vec's own worker code are quiet, while Ray's processes log as the cluster's runtime
 environment says (``ray job submit --runtime-env-json '{"env_vars": {...}}'`` can pass the same).
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 VERBOSE_ENV = "BG2VEC_VERBOSE"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-RAY_DATA_LOGGING = Path(__file__).parent / "resources" / "ray_data_logging.yaml"
+RAY_DATA_LOGGING = Path(__file__).parents[1] / "resources" / "ray_data_logging.yaml"
 
 
 def verbose() -> bool:
@@ -70,10 +70,10 @@ def quiet_driver() -> None:
     transformers' progress bars when stderr is not a terminal (a file, a CI log)."""
     if verbose():
         return
-    from bg2vec import _compat
+    from bg2vec.console import library_logs
 
-    _compat.use_ray_data_logging_config(str(RAY_DATA_LOGGING))
-    _compat.hide_token_auth_notice()
+    library_logs.use_ray_data_logging_config(str(RAY_DATA_LOGGING))
+    library_logs.hide_token_auth_notice()
     if not sys.stderr.isatty():
         _hf_progress_bars_off()
 
@@ -88,18 +88,20 @@ def quiet_worker(train_worker: bool = False) -> None:
         return
     _hf_progress_bars_off()
     if train_worker:
-        from bg2vec._compat import ray_train_worker_console
+        from bg2vec.console.library_logs import ray_train_worker_console
 
         ray_train_worker_console(logging.WARNING)
 
 
 def local_worker_env() -> dict[str, str]:
     """Environment variables for the workers of a local Ray (its ``runtime_env``)."""
-    from bg2vec._compat import LOCAL_RAY_ENV, RAY_DATA_LOGGING_CONFIG
+    from bg2vec._compat import LOCAL_RAY_ENV
+    from bg2vec.console.library_logs import RAY_DATA_LOGGING_CONFIG, WORKER_WARNINGS
 
     env = {**LOCAL_RAY_ENV, VERBOSE_ENV: "1" if verbose() else "0"}
     if not verbose():
         env[RAY_DATA_LOGGING_CONFIG] = str(RAY_DATA_LOGGING)
+        env["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), WORKER_WARNINGS]))
     return env
 
 

@@ -1,7 +1,7 @@
 """Streaming MediaWiki XML export dumps: format sniffing, ``<siteinfo>``, and the pages of a byte range.
 
 A range is either the whole file or a slice that holds whole pages (whole bz2 streams of a
-multistream dump, or page-aligned slices of a plain XML file, see :mod:`bg2vec.data.dump_ranges`).
+multistream dump, or page-aligned slices of a plain XML file, see :mod:`bg2vec.data.dumps.dump_ranges`).
 Slices after the first lack the ``<mediawiki>`` start tag, so the reader feeds the one taken from
 the dump's header before them. Nothing is ever read whole into memory.
 """

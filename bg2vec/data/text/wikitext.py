@@ -2,7 +2,7 @@
 
 Per page:
 
-1. :mod:`bg2vec.data.markup_spans` removes comments, content-free tags (refs, math, galleries),
+1. :mod:`bg2vec.data.text.markup_spans` removes comments, content-free tags (refs, math, galleries),
    templates and tables with linear scanners; ordinary links ([[title|text]] without namespace or
    nested markup, most links of a page) are rendered by one regex pass;
 2. what is left is cut into chunks of whole paragraphs of bounded size and tokenised by
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from mwparserfromhell.parser import CTokenizer, ParserError
 from mwparserfromhell.parser import tokens as T
 
-from bg2vec.data import markup_spans
 from bg2vec.data.config import CleaningConfig
+from bg2vec.data.text import markup_spans
 
 CHUNK_CHARS = 8000
 _INTERLANGUAGE = re.compile(r"(?:[a-z]{2,3}(?:-[a-z]+)*|simple)")

@@ -10,8 +10,8 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
 from bg2vec import storage
-from bg2vec.data.dump_ranges import DumpRange
-from bg2vec.data.dump_reader import iter_pages
+from bg2vec.data.dumps.dump_ranges import DumpRange
+from bg2vec.data.dumps.dump_reader import iter_pages
 
 BATCH_PAGES = 256
 RAW_SCHEMA = pa.schema([("id", pa.int64()), ("title", pa.string()), ("revision_id", pa.int64()),

@@ -1,20 +1,17 @@
-"""Starting Ray, and reporting user errors raised inside Ray tasks as themselves."""
+"""Starting or joining Ray: a local Ray of our own with its dashboard, and actor pools fit for it."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import ray
-from ray.exceptions import RayTaskError
 
 from bg2vec import console
-from bg2vec._compat import LOCAL_ACTOR_POOL_ARGS, actor_restarts_setting
-from bg2vec.errors import Bg2VecError
+from bg2vec._compat import LOCAL_ACTOR_POOL_ARGS
+from bg2vec.console.library_logs import actor_restarts_setting
 
 
 def init_ray(address: str | None = None) -> None:
@@ -80,30 +77,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def reraise_user_error() -> Iterator[None]:
-    """Ray wraps exceptions from tasks (RayTaskError, Ray Data's UserCodeException...); unwrap a
-    :class:`Bg2VecError` so that the job prints its message, not three tracebacks."""
-    try:
-        yield
-    except Exception as e:
-        cause = find_user_error(e)
-        if cause is None or cause is e:
-            raise
-        raise cause from None
-
-
-def find_user_error(error: BaseException) -> Bg2VecError | None:
-    seen = set()
-    stack = [error]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, Bg2VecError) and not isinstance(e, RayTaskError):
-            return e  # (RayTaskError subclasses the cause's type but prints a traceback: use .cause)
-        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    return None
