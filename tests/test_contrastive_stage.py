@@ -205,11 +205,12 @@ def test_an_interrupted_run_resumed_ends_with_the_uninterrupted_runs_adapter(ray
             "global_batch_size=8", "hard_negatives=2", "matryoshka_dims=[8, 16]", *short]
     first = _popen(args)
     deadline = time.time() + 300
-    while not list((tmp_path / "resumed.runs" / "contrastive").glob("checkpoint_0000002")):
+    snapshot = tmp_path / "resumed.runs" / "contrastive" / "checkpoint_manager_snapshot.json"
+    # killed once Ray Train has registered the step-2 checkpoint (its files alone are not yet a checkpoint)
+    while not (snapshot.is_file() and "checkpoint_0000002" in snapshot.read_text()):
         assert first.poll() is None, first.communicate()[0][-3000:]
         assert time.time() < deadline, "no checkpoint at step 2"
         time.sleep(0.2)
-    time.sleep(1)  # the checkpoint is registered once the worker has uploaded it
     os.killpg(first.pid, signal.SIGKILL)  # the driver dies; its workers go with it
     first.wait()
     assert not resumed.exists()
@@ -217,8 +218,9 @@ def test_an_interrupted_run_resumed_ends_with_the_uninterrupted_runs_adapter(ray
     capfd.readouterr()
     result = run_stage(config(pairs, resumed, *short, start=f"mntp={mntp_dir}"))
     assert result["metrics"]["step"] == 8
-    step = re.search(r"\[contrastive\] resumed from \S+ at step (\d+)", capfd.readouterr().out)
-    assert step and 2 <= int(step.group(1)) < 8
+    printed = capfd.readouterr().out
+    step = re.search(r"\[contrastive\] resumed from \S+ at step (\d+)", printed)
+    assert step and 2 <= int(step.group(1)) < 8, printed[-3000:]
     whole = load_file(tmp_path / "whole" / "adapter_model.safetensors")
     again = load_file(resumed / "adapter_model.safetensors")
     assert whole.keys() == again.keys()

@@ -15,7 +15,7 @@ from bg2vec.data.dumps.dump_reader import sniff_codec
 from bg2vec.errors import DownloadError, DumpError
 
 log = logging.getLogger(__name__)
-_PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # so "bg2vec/resources/..." works anywhere
+_PACKAGE_PARENT = Path(__file__).resolve().parents[3]  # so "bg2vec/resources/..." works anywhere
 
 
 @dataclass(frozen=True)
