@@ -137,7 +137,10 @@ def test_the_stage_trains_from_mntp_and_writes_an_encoder_with_its_prompt(ray_lo
                                                                           capfd):
     from bg2vec.training.launch import run_stage
 
+    buffers = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     result = run_stage(config(pairs, tmp_path / "out", start=f"mntp={mntp_dir}"))
+    # DeepSpeed's CPU allreduce buffers (70 MB a rank) are removed at the end of the run (bg2vec._compat)
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= buffers
     out = tmp_path / "out"
     metrics = result["metrics"]
     assert metrics["step"] == 8 and {"loss", "accuracy", "val_loss", "dev_score"} <= metrics.keys()

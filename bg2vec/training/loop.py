@@ -26,7 +26,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bg2vec._compat import deepspeed_cpu_accelerator, deepspeed_cpu_local_size
+from bg2vec._compat import (
+    deepspeed_cpu_accelerator,
+    deepspeed_cpu_local_size,
+    remove_deepspeed_cpu_allreduce_buffer,
+)
 from bg2vec.config import from_dict
 from bg2vec.console import quiet_worker
 from bg2vec.console.library_logs import (
@@ -66,6 +70,8 @@ def train_loop_per_worker(config: dict) -> None:
         recipe.save()
     elif recipe.rank == 0:  # not raised: Ray Train would retry the run and meet the same loss again
         write_failure(config["run_dir"], recipe.failure)
+    if not recipe.cfg.scaling.use_gpu:
+        remove_deepspeed_cpu_allreduce_buffer(recipe.rank)
 
 
 def derived_seed(*parts: int) -> int:
