@@ -47,24 +47,24 @@ from mntp_steps import deepspeed_step, plain_step, single_rank_process_group  # 
 from bg2vec._compat import enable_activation_checkpointing
 from bg2vec.config import load_config
 from bg2vec.objectives.mntp import MNTPMasker
-from bg2vec.planning import GIB, GPUS, PRESETS, REFERENCE, Architecture, PlanConfig, flops_per_token, memory
+from bg2vec.planning import (
+    GIB,
+    GPUS,
+    PRESETS,
+    REFERENCE,
+    Architecture,
+    PlanConfig,
+    flops_per_token,
+    memory,
+    transformers_config,
+)
 from bg2vec.training.config import MNTPConfig
 from bg2vec.training.model import add_lora, flush_denormals, prepare_for_training
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIAL_IDS = (0, 1, 2)  # Mistral's <unk>, <s>, </s>: never masked
 SMOKE = Architecture("mistral", 512, 64, 128, 2, 4, 2, 16, tie_word_embeddings=False)
-
-
-def transformers_config(arch: Architecture):
-    from transformers import AutoConfig
-
-    return AutoConfig.for_model(
-        arch.model_type, vocab_size=arch.vocab_size, hidden_size=arch.hidden_size,
-        intermediate_size=arch.intermediate_size, num_hidden_layers=arch.num_hidden_layers,
-        num_attention_heads=arch.num_attention_heads, num_key_value_heads=arch.num_key_value_heads,
-        head_dim=arch.head_dim, tie_word_embeddings=arch.tie_word_embeddings, sliding_window=None,
-        bos_token_id=1, eos_token_id=2, pad_token_id=None)
+MISTRAL_IDS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None, "sliding_window": None}
 
 
 def build(cfg: MNTPConfig, arch: Architecture, device: torch.device, dtype: torch.dtype, checkpointing: bool):
@@ -73,7 +73,7 @@ def build(cfg: MNTPConfig, arch: Architecture, device: torch.device, dtype: torc
 
     torch.manual_seed(cfg.seed)
     with device:
-        model = AutoModelForCausalLM.from_config(transformers_config(arch), dtype=dtype,
+        model = AutoModelForCausalLM.from_config(transformers_config(arch, **MISTRAL_IDS), dtype=dtype,
                                                  attn_implementation=cfg.model.attn_implementation)
     settings = dataclasses.replace(cfg.model, gradient_checkpointing=checkpointing)
     return add_lora(prepare_for_training(model, settings), cfg.lora).to(dtype).train()  # bf16 adapters too

@@ -31,6 +31,7 @@ from bg2vec.planning import (
     memory,
     plan,
     render,
+    transformers_config,
 )
 from conftest import REPO
 
@@ -90,12 +91,10 @@ def test_counts_equal_transformers_and_peft_on_tiny_models(family):
 def test_presets_equal_full_size_transformers_models(name):
     """The built-in shapes, built by transformers on the meta device (no memory, no weights)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     arch = PRESETS[name]
-    fields = {f.name: getattr(arch, f.name) for f in dataclasses.fields(Architecture)
-              if f.name not in ("model_type", "qkv_bias", "o_bias", "mlp_bias", "attn_logit_softcapping")}
-    config = AutoConfig.for_model(arch.model_type, **fields)
+    config = transformers_config(arch)
     assert architecture_of(config) == arch
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)

@@ -286,22 +286,27 @@ def test_keys_routes_and_recovery(servers, encoder):
 
 def test_a_large_request_is_cut_and_does_not_stall_the_others(servers, encoder):
     """80 inputs of 90,000 characters (14 MB): the replica tokenises only their prefixes, off its event loop,
-    so /health answers at once meanwhile; the vectors are encode's of the whole texts."""
+    so /health answers at once meanwhile; the vectors are encode's of the whole texts. A fast machine may
+    answer the big request before /health was asked three times, so it is sent again (up to 10 times)
+    until /health was asked three times while one was in flight."""
     url = servers["job_url"]
     base = "Дълъг текст за проверка на сървъра при големи заявки, " * 2000
     texts = [f"{i} {base}"[:90_000] for i in range(80)]
-    answer = {}
-    big = threading.Thread(target=lambda: answer.update(response=http("POST", url + "/embeddings", {
-        "model": "bg2vec", "input": texts}, key=KEY)))
-    big.start()
     waits = []
-    while big.is_alive():
-        began = time.perf_counter()
-        assert http("GET", url.removesuffix("/v1") + "/health")[0] == 200
-        waits.append(time.perf_counter() - began)
-        time.sleep(0.05)
-    status, body = answer["response"]
-    assert status == 200 and body["usage"]["prompt_tokens"] == 80 * MAX_LENGTH, str(body)[:500]
+    for _ in range(10):
+        answer = {}
+        big = threading.Thread(target=lambda: answer.update(response=http("POST", url + "/embeddings", {
+            "model": "bg2vec", "input": texts}, key=KEY)))
+        big.start()
+        while big.is_alive():
+            began = time.perf_counter()
+            assert http("GET", url.removesuffix("/v1") + "/health")[0] == 200
+            waits.append(time.perf_counter() - began)  # asked while the big request was in flight
+            time.sleep(0.05)
+        status, body = answer["response"]
+        assert status == 200 and body["usage"]["prompt_tokens"] == 80 * MAX_LENGTH, str(body)[:500]
+        if len(waits) >= 3:
+            break
     assert len(waits) >= 3 and max(waits) < 1.0, waits
     np.testing.assert_allclose(np.array([d["embedding"] for d in body["data"][:3]]), encoder.encode(texts[:3]),
                                atol=1e-5)

@@ -53,13 +53,13 @@ def ray_head(tmp_path_factory):
          "--dashboard-host=127.0.0.1", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
          "--disable-usage-stats"], env={**os.environ, **RAY_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
-    address, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
+    address = f"127.0.0.1:{port}"
     deadline = time.time() + 120
     while subprocess.run(["ray", "status", f"--address={address}"], env={**os.environ, **RAY_ENV},
                          capture_output=True).returncode != 0 or not _listening(agent):
         assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
         time.sleep(2)
-    yield {"address": address, "dashboard": url}
+    yield {"address": address}
     os.killpg(head.pid, signal.SIGTERM)
     try:
         head.wait(60)
@@ -261,19 +261,3 @@ def test_bad_inputs_are_named_before_anything_runs(tmp_path, tiny_data, ray_head
     done = run_job("mntp", ["--config", "configs/tiny/mntp.yaml", f"data={tiny_data}", "output=x", "mask_ratio=2"],
                    ray_head)
     assert done.returncode == 2 and "mask_ratio must be in (0, 1)" in done.stderr
-
-
-def test_ray_job_submit_runs_mntp_on_the_cluster(ray_head, tiny_data, tmp_path):
-    out = tmp_path / "model"
-    env = {**os.environ, **RAY_ENV, "RAY_ADDRESS": ray_head["dashboard"]}
-    done = subprocess.run(
-        ["ray", "job", "submit", "--working-dir", ".", "--", "python", "jobs/mntp.py", "--config",
-         "configs/tiny/mntp.yaml", f"data={tiny_data}", f"output={out}", "max_steps=6", "run.checkpoint_every=3",
-         "run.eval_every=3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "mntp finished: step 6, 48 samples" in done.stdout
-    job_id = re.search(r"Job '(raysubmit_\w+)' submitted successfully", done.stdout + done.stderr).group(1)
-    status = subprocess.run(["ray", "job", "status", job_id], env=env, capture_output=True, text=True, timeout=120)
-    assert re.search(r"status for job '\w+': SUCCEEDED|job '\w+' succeeded", status.stdout + status.stderr,
-                     re.IGNORECASE), status.stdout
-    assert Bg2Vec.from_pretrained(out).encode(TEXTS[:1]).shape == (1, 128)

@@ -28,9 +28,10 @@ from bg2vec.planning.shapes import (
     layer_params,
     load_architecture,
     lora_params,
+    transformers_config,
 )
 
 __all__ = ["GIB", "GPU", "GPUS", "LORA_TARGETS", "PRESETS", "REFERENCE", "ZERO3_HOST_SECONDS_PER_LAYER", "Architecture",
            "Memory", "Plan", "PlanConfig", "architecture_of", "base_params", "choose_zero_stage", "flops_per_token",
            "layer_activation_bytes_per_token", "layer_params", "load_architecture", "lora_params", "memory", "plan",
-           "render"]
+           "render", "transformers_config"]

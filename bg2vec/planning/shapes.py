@@ -158,6 +158,16 @@ def architecture_of(config, where: str = "config") -> Architecture:
         raise ConfigError(f"{where}: not a decoder config this planner knows ({e})") from None
 
 
+def transformers_config(arch: Architecture, **overrides):
+    """A transformers config of ``arch``'s shape (random weights of a real model's shape: the GPU benches);
+    ``overrides`` are further config fields. ``architecture_of`` of it gives ``arch`` back."""
+    from transformers import AutoConfig
+
+    implied = ("model_type", "qkv_bias", "o_bias", "mlp_bias", "attn_logit_softcapping")  # the family's defaults
+    fields = {f.name: getattr(arch, f.name) for f in dataclasses.fields(Architecture) if f.name not in implied}
+    return AutoConfig.for_model(arch.model_type, **fields | overrides)
+
+
 def matmul_params_per_layer(arch: Architecture) -> int:
     return sum(i * o for i, o in arch.linear_shapes().values())
 
