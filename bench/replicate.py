@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from bg2vec.console import setup_console
 from bg2vec.evaluation.exams import exams_paragraphs, exams_questions, question_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--workdir", help="where to keep everything; finished stages found there are kept "
                                           "(default: a temporary folder, removed at the end)")
     args = parser.parse_args()
+    setup_console()  # the libraries' progress bars and chatter off, as in the jobs (the Matryoshka table loads models)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bg2vec-replicate-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

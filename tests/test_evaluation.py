@@ -71,6 +71,9 @@ def test_baselines_of_a_trained_directory(trained_dir):
     assert specs[3].up_to_stage == "mntp" and specs[4].up_to_stage is None
     with pytest.raises(Bg2VecError, match=r"baselines \['dpo'\] are not available"):
         baselines_of(str(trained_dir), ["dpo"])
+    # the trained model is always a row, whichever baselines are named
+    assert [s.name for s in baselines_of(str(trained_dir), ["causal-mean"])] == ["base: causal-mean", "MNTP + SimCSE"]
+    assert [s.name for s in baselines_of(str(trained_dir), ["simcse", "mntp"])] == ["MNTP + SimCSE", "MNTP"]
 
 
 def test_report_of_every_task_type_with_values_from_the_encoders(trained_dir, task_files, tmp_path):

@@ -30,7 +30,8 @@ class EvaluateConfig:
     """The encoder to evaluate: a trained bg2vec directory or a base LLM; its baselines come with it."""
     baselines: list[str] = field(default_factory=lambda: ["all"])
     """Which baselines of `model`: causal-last, causal-mean, bidirectional, the stage names (mntp,
-    simcse), or all. Empty: the model itself only."""
+    simcse, contrastive), or all. A trained directory is always a row itself (its last stage). Empty: the
+    model itself only."""
     models: list[ModelSpec] = field(default_factory=list)
     """Other encoders in the same report (e.g. a sentence-transformers folder)."""
     tasks: list[TaskSpec] = field(default_factory=list)

@@ -74,7 +74,8 @@ class Encoder:
 
 
 def baselines_of(model: str, wanted: list[str]) -> list[ModelSpec]:
-    """The specs of ``wanted`` (names from BASE_BASELINES, stage names, or "all") for ``model``."""
+    """The specs of ``wanted`` (names from BASE_BASELINES, stage names, or "all") for ``model``; a trained
+    directory's own row (its last stage) is always among them, last unless named earlier."""
     path = Path(model)
     stages, base = [], model
     if (path / CONFIG_NAME).is_file():
@@ -82,7 +83,7 @@ def baselines_of(model: str, wanted: list[str]) -> list[ModelSpec]:
         stages = [s["name"] for s in config["stages"]]
         base = str(path / config["base_model"]) if (path / config["base_model"]).is_dir() else config["base_model"]
     known = [*BASE_BASELINES, *stages]
-    chosen = known if "all" in wanted else wanted
+    chosen = known if "all" in wanted else [*wanted, *[s for s in stages[-1:] if s not in wanted]]
     unknown = [w for w in chosen if w not in known]
     if unknown:
         raise Bg2VecError(f"baselines {unknown} are not available for {model}: choose from {known} or 'all'")
