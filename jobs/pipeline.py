@@ -31,16 +31,10 @@ from pathlib import Path
 from bg2vec.config import load_config
 from bg2vec.console import VERBOSE_ENV, setup_console
 from bg2vec.errors import Bg2VecError, ConfigError
+from bg2vec.pipeline_layout import LAST_WRITTEN, OUTPUTS, STAGES
 from bg2vec.storage import child
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("prepare", "mntp", "simcse", "pairs", "contrastive", "evaluate", "embed")
-OUTPUTS = {"prepare": "data", "mntp": "mntp", "simcse": "simcse", "pairs": "pairs", "contrastive": "contrastive",
-           "evaluate": "eval", "embed": "embeddings"}
-LAST_WRITTEN = {"prepare": "manifest.json", "mntp": "bg2vec_config.json", "simcse": "bg2vec_config.json",
-                "pairs": "manifest.json", "contrastive": "bg2vec_config.json", "evaluate": "results.json",
-                "embed": "manifest.json"}
-TRAINING = ("mntp", "simcse", "contrastive")
 
 
 @dataclass

@@ -295,7 +295,7 @@ def test_a_large_request_is_cut_and_does_not_stall_the_others(servers, encoder):
     waits = []
     for _ in range(10):
         answer = {}
-        big = threading.Thread(target=lambda: answer.update(response=http("POST", url + "/embeddings", {
+        big = threading.Thread(target=lambda answer=answer: answer.update(response=http("POST", url + "/embeddings", {
             "model": "bg2vec", "input": texts}, key=KEY)))
         big.start()
         while big.is_alive():

@@ -16,12 +16,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from bg2vec.errors import Bg2VecError
 from bg2vec.evaluation.models import STAGE_LABELS
 from bg2vec.modeling import packaged
+from bg2vec.pipeline_layout import LAST_WRITTEN, OUTPUTS, TRAINING
 from bg2vec.storage import redact
 
 TASKS_NAME = "tasks.json"  # beside results.json: each task's type and main metric (jobs/evaluate.py)
-# jobs/pipeline.py's layout: DIR/mntp, DIR/simcse, DIR/contrastive (the encoders) and their evaluation
-PIPELINE_STAGES = ("mntp", "simcse", "contrastive")
-PIPELINE_RESULTS = ("eval", "results.json")
 HIDDEN_HYPERPARAMETERS = {"data"}  # shown in the data section instead
 
 
@@ -35,8 +33,8 @@ def results_file(cfg) -> Path | None:
                               f"beside the model when there is one")
         return Path(cfg.results)
     model = Path(os.path.abspath(cfg.model))
-    beside = model.parent.joinpath(*PIPELINE_RESULTS)
-    return beside if model.name in PIPELINE_STAGES and beside.is_file() else None
+    beside = model.parent / OUTPUTS["evaluate"] / LAST_WRITTEN["evaluate"]
+    return beside if model.name in TRAINING and beside.is_file() else None
 
 
 def write_card(folder: Path, encoder, cfg, summary: dict) -> None:
