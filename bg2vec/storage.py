@@ -109,11 +109,20 @@ def model_cache() -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed) across the processes of this machine."""
+def locked(path: Path, *, read_only_ok: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) across the processes of this machine.
+    ``read_only_ok``: where the lock file cannot be created (a read-only folder, in which nothing can be
+    written anyway), go on without the lock."""
     import fcntl
 
-    with open(path, "w") as handle:
+    try:
+        handle = open(path, "a")
+    except OSError:
+        if not read_only_ok:
+            raise
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

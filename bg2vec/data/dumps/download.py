@@ -4,7 +4,6 @@ The checksums come from :mod:`bg2vec.data.dumps.checksums`."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import posixpath
@@ -14,17 +13,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from bg2vec.data.dumps.checksums import file_digest, published_checksum, sums_urls
 from bg2vec.data.dumps.http_policy import USER_AGENT, pause_before_retry
 from bg2vec.errors import DownloadError
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: concurrent fetches of one file are not serialised
-    fcntl = None
+from bg2vec.storage import locked
 
 PROGRESS_INTERVAL = 0.25  # minimum seconds between progress callbacks
 
@@ -80,7 +75,7 @@ def fetch(
         raise DownloadError(f"Cannot create the download directory {dest} for {url}: {e}. "
                             "Choose a writable directory.") from None
     part = dest / f"{name}.part"
-    with _locked(dest / f".{name}.lock"):
+    with locked(dest / f".{name}.lock", read_only_ok=True):  # fetches of one file would interleave the .part
         if final.is_file():
             if expected is not None:
                 _check_existing(final, url, expected)
@@ -290,16 +285,4 @@ def _truncate(part: Path, url: str) -> None:
                             "Delete it by hand and re-run.") from None
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise fetches of one file across processes and threads (they would interleave the .part)."""
-    try:
-        handle = open(path, "a")
-    except OSError:  # read-only directory: nothing can be written there anyway
-        yield
-        return
-    with handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
