@@ -43,7 +43,8 @@ import numpy as np
 
 from bg2vec._compat import deepspeed_cpu_accelerator
 from bg2vec.console import setup_console
-from bg2vec.planning import Architecture
+from bg2vec.planning import Architecture, gpu_of_device
+from bg2vec.ray_session import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = Architecture("mistral", 4000, 64, 128, 2, 4, 2, 16, tie_word_embeddings=False)  # the CPU run's base
@@ -81,12 +82,6 @@ def gpu_profile(gpus: int) -> Profile:
 
 
 CPU_PROFILE = Profile(gpus=0, zero_stages=("auto",), layers=2, micro_batch=4, steps=4, log_every=2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:
@@ -187,7 +182,7 @@ def planned(config_yaml: str, overrides: list[str], base: Path, seq_len: int, pr
     from transformers import AutoConfig
 
     from bg2vec.config import load_config
-    from bg2vec.planning.estimate import GPUS, flops_per_token, memory
+    from bg2vec.planning.estimate import flops_per_token, memory
     from bg2vec.planning.shapes import architecture_of
     from bg2vec.training.config import MNTPConfig, SimCSEConfig
     from bg2vec.training.zero_stage import plan_config
@@ -204,8 +199,7 @@ def planned(config_yaml: str, overrides: list[str], base: Path, seq_len: int, pr
     if profile.gpus:
         import torch
 
-        name = torch.cuda.get_device_name(0).lower()
-        gpu = next((g for g in GPUS.values() if g.name.split("-")[0].lower() in name), None)
+        gpu = gpu_of_device(torch.cuda.get_device_name(0))
         result["peak_tflops"] = gpu.peak_tflops if gpu else None
     return result
 

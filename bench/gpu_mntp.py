@@ -55,6 +55,7 @@ from bg2vec.planning import (
     Architecture,
     PlanConfig,
     flops_per_token,
+    gpu_of_device,
     memory,
     transformers_config,
 )
@@ -119,10 +120,10 @@ def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 20) -> flo
 def peak_tflops(device: torch.device) -> tuple[str, float]:
     """The planner's GPU entry for this device (H100, H200, A100, ...), by name."""
     name = torch.cuda.get_device_name(device)
-    for gpu in GPUS.values():
-        if gpu.name.split("-")[0].lower() in name.lower():
-            return gpu.name, gpu.peak_tflops
-    raise SystemExit(f"{name}: no datasheet peak in bg2vec.planning.GPUS; add it there")
+    gpu = gpu_of_device(name)
+    if gpu is None:
+        raise SystemExit(f"{name}: no datasheet peak in bg2vec.planning.GPUS; add it there")
+    return gpu.name, gpu.peak_tflops
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from bg2vec.planning import (
     base_params,
     choose_zero_stage,
     flops_per_token,
+    gpu_of_device,
     layer_activation_bytes_per_token,
     load_architecture,
     lora_params,
@@ -393,3 +394,9 @@ def test_plan_job_end_to_end():
     assert "lora_target_modules" in shown.stdout and "configs/bggpt-7b/plan.yaml" in shown.stdout
     missing = _job("model=/nonexistent/dir")
     assert missing.returncode == 2 and "model='/nonexistent/dir'" in missing.stderr
+
+
+def test_gpu_of_device_reads_torch_s_device_names():
+    assert gpu_of_device("NVIDIA H100 80GB HBM3").name == "H100-80GB"
+    assert gpu_of_device("NVIDIA H200").name == "H200-141GB"
+    assert gpu_of_device("Some Other Accelerator") is None

@@ -25,6 +25,7 @@ from bg2vec.planning.shapes import (
     Architecture,
     architecture_of,
     base_params,
+    gpu_of_device,
     layer_params,
     load_architecture,
     lora_params,
@@ -33,5 +34,5 @@ from bg2vec.planning.shapes import (
 
 __all__ = ["GIB", "GPU", "GPUS", "LORA_TARGETS", "PRESETS", "REFERENCE", "ZERO3_HOST_SECONDS_PER_LAYER", "Architecture",
            "Memory", "Plan", "PlanConfig", "architecture_of", "base_params", "choose_zero_stage", "flops_per_token",
-           "layer_activation_bytes_per_token", "layer_params", "load_architecture", "lora_params", "memory", "plan",
-           "render", "transformers_config"]
+           "gpu_of_device", "layer_activation_bytes_per_token", "layer_params", "load_architecture", "lora_params",
+           "memory", "plan", "render", "transformers_config"]

@@ -107,6 +107,11 @@ def gpu_spec(name: str) -> GPU:
                           f"{', '.join(g.name for g in GPUS.values())}") from None
 
 
+def gpu_of_device(device_name: str) -> GPU | None:
+    """The entry for a device as torch names it ("NVIDIA H100 80GB HBM3" -> H100-80GB), None if unknown."""
+    return next((g for g in GPUS.values() if g.name.split("-")[0].lower() in device_name.lower()), None)
+
+
 def config_json(model: str) -> Path:
     path = Path(model)
     if path.is_dir():
